@@ -1,0 +1,41 @@
+# Each target that runs code depends on `install`, so `make train` and `make test` are all a
+# new user needs. ARGS passes Hydra overrides: make train ARGS="model=resnet18 trainer.max_epochs=5"
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.iqs-installed
+ARGS ?=
+
+.PHONY: install train test lint format sweep clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: install
+	$(VENV)/bin/iqs-train $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check iqs tests
+	$(VENV)/bin/ruff format --check iqs tests
+
+format: install
+	$(VENV)/bin/ruff check --fix iqs tests
+	$(VENV)/bin/ruff format iqs tests
+
+# A small real sweep: two backbones x two learning rates, one epoch each.
+sweep: install
+	$(VENV)/bin/iqs-train -m model=mobilenetv3_small_100,resnet18 optimizer.lr=0.001,0.003 \
+		trainer.max_epochs=1 tags='[sweep]' $(ARGS)
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache wandb
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,118 @@
+"""Classification and ranking metrics for one stage, overall and per source.
+
+Scores of different data sets are not comparable, so the headline ``srcc`` is the mean of the
+per-source SRCCs; ``srcc_pooled`` is the SRCC over all rows together.
+All states are torchmetrics "cat"/"sum" states, so in distributed runs they are gathered across
+processes before computing, never averaged per process.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
+from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
+
+from iqs.data.labels import CLASS_NAMES
+
+# Correlations need every prediction; iqs knows, and data sets of ~250k rows fit easily.
+warnings.filterwarnings("ignore", message=".*will save all targets and predictions in the buffer")
+
+
+def _collection(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+            "f1": MulticlassF1Score(num_classes, average="none"),
+            "srcc": SpearmanCorrCoef(),
+            "plcc": PearsonCorrCoef(),
+            "confmat": MulticlassConfusionMatrix(num_classes),
+        },
+        compute_groups=False,
+    )
+
+
+class QualityMetrics(nn.Module):
+    """Accumulates predictions of one stage and computes a flat ``name -> value`` dict.
+
+    Keys: ``acc``, ``f1_macro``, ``f1_<class>``, ``srcc`` (mean over sources), ``srcc_pooled``,
+    ``plcc`` (pooled), and ``<source>/<metric>`` for each source seen. ``confusion_matrix``
+    returns the pooled matrix separately (it is not a scalar).
+    """
+
+    def __init__(
+        self, source_names: Sequence[str], class_names: Sequence[str] = CLASS_NAMES
+    ) -> None:
+        super().__init__()
+        self.source_names = list(source_names)
+        self.class_names = list(class_names)
+        self.overall = _collection(len(class_names))
+        self.per_source = nn.ModuleList(_collection(len(class_names)) for _ in source_names)
+        self.register_buffer("counts", torch.zeros(len(source_names), dtype=torch.long))
+
+    def update(
+        self, pred_class: Tensor, pred_score: Tensor, label: Tensor, score: Tensor, source: Tensor
+    ) -> None:
+        pred_score, score = pred_score.float(), score.float()
+        _update(self.overall, pred_class, pred_score, label, score)
+        for i, metrics in enumerate(self.per_source):
+            mask = source == i
+            n = int(mask.sum())
+            if n:
+                _update(metrics, pred_class[mask], pred_score[mask], label[mask], score[mask])
+                self.counts[i] += n
+
+    def compute(self) -> dict[str, Tensor]:
+        out = _flatten(self.overall.compute(), self.class_names)
+        out["srcc_pooled"] = out.pop("srcc")
+        per_source_srcc = []
+        counts = self._synced_counts()
+        for name, metrics, n in zip(self.source_names, self.per_source, counts):
+            if n < 2:  # a source absent from this stage (or a single row) has no correlation
+                continue
+            values = _flatten(metrics.compute(), self.class_names)
+            out.update({f"{name}/{k}": v for k, v in values.items()})
+            per_source_srcc.append(values["srcc"])
+        out["srcc"] = torch.stack(per_source_srcc).mean() if per_source_srcc else out["srcc_pooled"]
+        return out
+
+    def confusion_matrix(self) -> Tensor:
+        return self.overall["confmat"].compute()
+
+    def reset(self) -> None:
+        self.overall.reset()
+        for metrics in self.per_source:
+            metrics.reset()
+        self.counts.zero_()
+
+    def _synced_counts(self) -> list[int]:
+        counts = self.counts
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            counts = counts.clone()
+            torch.distributed.all_reduce(counts)
+        return counts.tolist()
+
+
+def _update(
+    metrics: MetricCollection, pred_class: Tensor, pred_score: Tensor, label: Tensor, score: Tensor
+) -> None:
+    for name, metric in metrics.items():
+        if name in ("srcc", "plcc"):
+            metric.update(pred_score, score)
+        else:
+            metric.update(pred_class, label)
+
+
+def _flatten(values: dict[str, Tensor], class_names: Sequence[str]) -> dict[str, Tensor]:
+    out = {k: v for k, v in values.items() if k not in ("f1", "confmat")}
+    out.update({f"f1_{c}": v for c, v in zip(class_names, values["f1"])})
+    return out

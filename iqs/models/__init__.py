@@ -1,0 +1,1 @@
+"""Models: timm backbones, small heads, losses and the LightningModule that joins them."""

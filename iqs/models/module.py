@@ -1,0 +1,163 @@
+"""The LightningModule: backbone + head, trained with a QualityLoss, evaluated by QualityMetrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+from torch import Tensor, nn
+from torchmetrics import MaxMetric
+
+from iqs.data.labels import CLASS_NAMES
+from iqs.metrics import QualityMetrics
+from iqs.models.losses import QualityLoss
+
+Batch = dict[str, Tensor]
+
+
+class IQSModule(pl.LightningModule):
+    """Photo -> logits over (rejected, pending, accepted), plus a quality score.
+
+    Args:
+        backbone: a timm feature extractor (see ``create_backbone``).
+        head: ``head(in_features, out_features)`` builds the head (a Hydra partial).
+        loss: the training loss; it also defines the predicted score.
+        optimizer: ``optimizer(params)`` (a Hydra partial).
+        scheduler: ``scheduler(optimizer)`` or ``None``; stepped every epoch.
+        source_names: names of the data sources, for per-source metrics.
+        run_config: the run's resolved configuration, stored in every checkpoint so that a model can
+            be rebuilt from its state dict and config alone.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: Callable[..., nn.Module],
+        loss: QualityLoss,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        source_names: Sequence[str] = ("synthetic",),
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        # timm: models with a pre-logits layer (MobileNetV3, ...) output head_hidden_size features
+        features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        self.head = head(in_features=features, out_features=loss.num_outputs)
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.source_names = list(source_names)
+        self.run_config = run_config
+        self.train_metrics = QualityMetrics(self.source_names)
+        self.val_metrics = QualityMetrics(self.source_names)
+        self.test_metrics = QualityMetrics(self.source_names)
+        self.val_best = nn.ModuleDict({k: MaxMetric() for k in ("srcc", "f1_macro")})
+        self.confusion_matrices: dict[str, list[list[int]]] = {}
+
+    def stage_metrics(self, stage: str) -> QualityMetrics:
+        return getattr(self, f"{stage}_metrics")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _step(self, batch: Batch | None, stage: str) -> Tensor | None:
+        if batch is None:  # every image of the batch was unreadable
+            return None
+        outputs = self(batch["image"])
+        loss = self.loss(outputs, batch["label"], batch["score"])
+        with torch.no_grad():
+            pred_class = self.loss.class_logits(outputs).argmax(dim=1)
+            pred_score = self.loss.predict_score(outputs)
+        self.stage_metrics(stage).update(
+            pred_class, pred_score, batch["label"], batch["score"], batch["source"]
+        )
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["label"]),
+            sync_dist=stage != "train",
+        )
+        return loss
+
+    def training_step(self, batch: Batch | None, batch_idx: int) -> Tensor | None:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Batch | None, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Batch | None, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        outputs = self(batch["image"])
+        return {
+            "probs": self.loss.class_logits(outputs).float().softmax(dim=1),
+            "score": self.loss.predict_score(outputs),
+        }
+
+    # -- epoch ends ---------------------------------------------------------------------------
+
+    def _epoch_end(self, stage: str) -> dict[str, Tensor]:
+        metrics = self.stage_metrics(stage)
+        values = metrics.compute()
+        shown = ("srcc", "f1_macro")
+        self.log_dict({f"{stage}/{k}": values[k] for k in shown}, prog_bar=True)
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items() if k not in shown})
+        if stage != "train":
+            self._log_confusion_matrix(stage, metrics.confusion_matrix())
+        metrics.reset()
+        return values
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._epoch_end("val")
+        if self.trainer.sanity_checking:
+            return
+        for key, best in self.val_best.items():
+            if not torch.isnan(values[key]):
+                best.update(values[key])
+            self.log(f"val/{key}_best", best.compute())
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def _log_confusion_matrix(self, stage: str, matrix: Tensor) -> None:
+        self.confusion_matrices[stage] = matrix.tolist()
+        if self.trainer.sanity_checking:
+            return
+        rows = [[CLASS_NAMES[i], *row] for i, row in enumerate(matrix.tolist())]
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table(
+                    key=f"{stage}/confusion_matrix",
+                    columns=["true \\ predicted", *CLASS_NAMES],
+                    data=rows,
+                )
+
+    # -- optimisation -------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["iqs_config"] = self.run_config

@@ -1,0 +1,211 @@
+"""`iqs-train`: fit a model on a data mix, then test its best checkpoint.
+
+iqs-train                                   # the default configuration (conf/train.yaml)
+iqs-train model=resnet18 trainer.max_epochs=5
+iqs-train -m model=mobilenetv3_small_100,resnet18      # one run per choice
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import netrc
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+from iqs.data.datamodule import IQSDataModule
+from iqs.models.backbones import input_config
+from iqs.models.module import IQSModule
+from iqs.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# Metrics whose best value W&B keeps in the run summary (beside the last value).
+SUMMARY_METRICS = {
+    "val/srcc": "max,last",
+    "val/f1_macro": "max,last",
+    "val/acc": "max,last",
+    "val/plcc": "max,last",
+    "val/loss": "min,last",
+    "train/loss_epoch": "min,last",
+}
+
+
+def build(cfg: DictConfig) -> tuple[IQSDataModule, IQSModule]:
+    """The data module and model of a configuration (no trainer, no loggers)."""
+    inp = input_config(cfg.model.backbone.name, cfg.data.get("image_size"))
+    datamodule: IQSDataModule = instantiate(
+        cfg.data, image_size=inp.size, mean=inp.mean, std=inp.std, _convert_="partial"
+    )
+    scheduler = cfg.get("scheduler")
+    model: IQSModule = instantiate(
+        cfg.model,
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(scheduler) if scheduler and "_target_" in scheduler else None,
+        source_names=datamodule.source_names,
+    )
+    # Set after instantiation: Hydra would try to instantiate the _target_ keys inside it.
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    return datamodule, model
+
+
+def wandb_has_api_key() -> bool:
+    """True when W&B can authenticate: WANDB_API_KEY, or a `wandb login` entry in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host or "") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def _wandb_settings(logger_cfg: DictConfig, cfg: DictConfig) -> DictConfig:
+    """Fill the W&B keys left null: offline mode, run name and group."""
+    logger_cfg = logger_cfg.copy()
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if logger_cfg.get("offline") is None:
+        mode = os.environ.get("WANDB_MODE")
+        logger_cfg.offline = mode in ("offline", "dryrun") if mode else not wandb_has_api_key()
+        if logger_cfg.offline:
+            log.info(
+                "W&B: no API key found, logging offline to %s/wandb. Upload later with: "
+                "wandb sync %s/wandb/offline-run-*",
+                cfg.paths.output_dir,
+                cfg.paths.output_dir,
+            )
+    if logger_cfg.get("name") is None:
+        overrides = hydra_cfg.job.override_dirname if hydra_cfg else ""
+        logger_cfg.name = overrides or cfg.task_name
+    if logger_cfg.get("group") is None:
+        if hydra_cfg and hydra_cfg.mode == RunMode.MULTIRUN:
+            logger_cfg.group = f"sweep-{Path(hydra_cfg.sweep.dir).name}"
+        else:
+            experiment = hydra_cfg.runtime.choices.get("experiment") if hydra_cfg else None
+            logger_cfg.group = experiment or cfg.task_name
+    return logger_cfg
+
+
+def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
+    loggers = []
+    for key, logger_cfg in (cfg.get("logger") or {}).items():
+        if not isinstance(logger_cfg, DictConfig) or "_target_" not in logger_cfg:
+            continue
+        if logger_cfg._target_.endswith("WandbLogger"):
+            logger_cfg = _wandb_settings(logger_cfg, cfg)
+        log.debug("logger %s: %s", key, logger_cfg._target_)
+        loggers.append(instantiate(logger_cfg))
+    return loggers
+
+
+def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
+    return [
+        instantiate(c)
+        for c in (cfg.get("callbacks") or {}).values()
+        if isinstance(c, DictConfig) and "_target_" in c
+    ]
+
+
+def _define_wandb_summaries(loggers: list[Logger]) -> None:
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            for metric, goal in SUMMARY_METRICS.items():
+                logger.experiment.define_metric(metric, summary=goal)
+
+
+def _finish_wandb(exit_code: int) -> None:
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit and test as configured; return the best value of ``optimized_metric``."""
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule, model = build(cfg)
+    loggers = instantiate_loggers(cfg)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_callbacks(cfg), logger=loggers or False
+    )
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(config)  # type: ignore[arg-type]
+    _define_wandb_summaries(loggers)
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    best = _best_checkpoint(trainer)
+    if cfg.get("test", True):
+        ckpt = best if best else (None if cfg.get("train", True) else cfg.get("ckpt_path"))
+        if best is None and cfg.get("train", True):
+            log.warning("no best checkpoint (checkpointing off?): testing the current weights")
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+        _write_results(cfg, results[0] if results else {}, model, ckpt)
+
+    return _metric_value(trainer, cfg.get("optimized_metric"))
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
+        return callback.best_model_path
+    return None
+
+
+def _metric_value(trainer: pl.Trainer, name: str | None) -> float | None:
+    if not name:
+        return None
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.best_model_score is not None:
+        return float(callback.best_model_score)
+    value = trainer.callback_metrics.get(name)
+    if value is None:
+        log.warning("optimized_metric %r was never logged", name)
+        return None
+    return float(value)
+
+
+def _write_results(
+    cfg: DictConfig, metrics: dict[str, float], model: IQSModule, ckpt: str | None
+) -> None:
+    results = {
+        "checkpoint": ckpt,
+        "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()},
+        "confusion_matrix": model.confusion_matrices.get("test"),
+    }
+    path = Path(cfg.paths.output_dir) / "test_metrics.json"
+    atomic_write_text(path, json.dumps(results, indent=2))
+    log.info("test metrics written to %s", path)
+
+
+# conf/ sits beside the package in the repository (installed editable, `pip install -e .`).
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        value = train(cfg)
+    except BaseException:
+        _finish_wandb(exit_code=1)
+        raise
+    _finish_wandb(exit_code=0)
+    return value
+
+
+if __name__ == "__main__":
+    main()

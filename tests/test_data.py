@@ -1,0 +1,175 @@
+"""Manifest contract, leak-free splits and the built-in synthetic data set."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from iqs.data import manifest as mf
+from iqs.data.datamodule import IQSDataModule
+from iqs.data.labels import ScoreEdges
+from iqs.data.sources.synthetic import CLEAN, SyntheticSource, ssim_score
+from iqs.data.splits import assign_group_splits
+
+DEFECTS = {
+    "gaussian_blur": {
+        "transform": "albumentations.GaussianBlur",
+        "params": {"blur_limit": 0, "sigma_limit": [1.0, 3.0]},
+    },
+    "gaussian_noise": {
+        "transform": "albumentations.GaussNoise",
+        "params": {"std_range": [0.05, 0.2]},
+    },
+    "jpeg": {"transform": "albumentations.ImageCompression", "params": {"quality_range": [5, 30]}},
+}
+FIXED = {"astronaut": "train", "coffee": "train", "rocket": "train", "flower": "val",
+         "chelsea": "test"}  # fmt: skip
+
+
+def _source(cache: Path, seed: int = 0, **kw) -> SyntheticSource:
+    kw = {
+        "photos": list(FIXED),
+        "fixed_split": FIXED,
+        "crops_per_photo": 3,
+        "variants_per_crop": 3,
+        "crop_size": 64,
+        "defects": DEFECTS,
+        **kw,
+    }
+    return SyntheticSource("synthetic", cache, seed=seed, **kw)
+
+
+def _relative(df: pd.DataFrame, root: Path) -> pd.DataFrame:
+    return df.assign(path=[str(Path(p).relative_to(root)) for p in df["path"]])
+
+
+def test_synthetic_manifest_is_deterministic_for_a_seed(tmp_path):
+    a = _source(tmp_path / "a").manifest()
+    b = _source(tmp_path / "b").manifest()
+    pd.testing.assert_frame_equal(_relative(a, tmp_path / "a"), _relative(b, tmp_path / "b"))
+    for pa, pb in zip(a["path"], b["path"]):
+        assert Path(pa).read_bytes() == Path(pb).read_bytes()
+    c = _source(tmp_path / "c", seed=1).manifest()
+    assert not np.allclose(a["score"], c["score"])
+
+
+def test_synthetic_rows_follow_the_contract(tmp_path):
+    src = _source(tmp_path)
+    df = src.manifest()
+    assert len(df) == len(FIXED) * 3 * 3
+    assert set(df["split"]) == {"train", "val", "test"}
+    assert df.groupby("group")["split"].nunique().max() == 1  # one split per photograph
+    assert df["score"].between(0, 1).all()
+    np.testing.assert_array_equal(df["label"], ScoreEdges([0.6, 0.85])(df["score"]))
+    assert (df.loc[df["defect"] == CLEAN, "score"] == 1.0).all()
+    assert (df.loc[df["defect"] != CLEAN, "score"] < 1.0).all()
+    assert all(Path(p).is_file() for p in df["path"])
+    # The stored score is the SSIM of the stored (lossless) crop against its clean crop.
+    df["crop"] = df["image_id"].str.rsplit("_v", n=1).str[0]
+    pairs = df.groupby("crop").filter(lambda g: (g["defect"] == CLEAN).any() and len(g) > 1)
+    crop = pairs[pairs["defect"] == CLEAN].iloc[0]["crop"]
+    rows = pairs[pairs["crop"] == crop]
+    clean = cv2.imread(rows[rows["defect"] == CLEAN].iloc[0]["path"])
+    for _, row in rows[rows["defect"] != CLEAN].iterrows():
+        degraded = cv2.imread(row["path"])
+        assert degraded.shape == (64, 64, 3)
+        expected = ssim_score(clean[..., ::-1], degraded[..., ::-1])
+        assert row["score"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_synthetic_cache_is_reused(tmp_path):
+    src = _source(tmp_path)
+    src.prepare()
+    stamp = src.manifest_path.stat().st_mtime_ns
+    again = _source(tmp_path)
+    assert again.cache == src.cache
+    again.prepare()
+    assert again.manifest_path.stat().st_mtime_ns == stamp
+    assert _source(tmp_path, crop_size=48).cache != src.cache  # other settings, other cache
+
+
+def test_synthetic_from_a_folder_of_own_photos(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        img = cv2.GaussianBlur(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), (0, 0), 2)
+        cv2.imwrite(str(photos / f"own_{i}.jpg"), img)
+    src = _source(tmp_path / "cache", photos_dir=photos, crops_per_photo=2, variants_per_crop=2)
+    df = src.manifest()
+    assert (df["split"] == "").all()  # the data module splits them by photo
+    assert df["group"].nunique() == 5
+    split = assign_group_splits(df, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
+    assert split.groupby("group")["split"].nunique().max() == 1
+    assert set(split["split"]) == {"train", "val", "test"}
+
+
+def test_ssim_score_orders_degradations():
+    rng = np.random.default_rng(0)
+    clean = cv2.GaussianBlur(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), (0, 0), 1.5)
+    mild = np.clip(clean + rng.normal(0, 3, clean.shape), 0, 255).astype(np.uint8)
+    strong = np.clip(clean + rng.normal(0, 30, clean.shape), 0, 255).astype(np.uint8)
+    assert ssim_score(clean, clean) == 1.0
+    assert 1.0 > ssim_score(clean, mild) > ssim_score(clean, strong) >= 0.0
+
+
+def test_group_split_is_seeded_and_never_splits_a_group():
+    df = pd.DataFrame({"group": [f"g{i // 3}" for i in range(90)], "split": [""] * 90})
+    df.loc[:2, "split"] = "test"  # an official split is kept
+    fractions = {"train": 0.8, "val": 0.1, "test": 0.1}
+    a = assign_group_splits(df, fractions, seed=1)
+    b = assign_group_splits(df, fractions, seed=1)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["split"].equals(assign_group_splits(df, fractions, seed=2)["split"])
+    assert (a.loc[:2, "split"] == "test").all()
+    assert a.groupby("group")["split"].nunique().max() == 1
+    assert a["split"].value_counts()["train"] == pytest.approx(0.8 * 90, abs=6)
+
+
+def test_manifest_errors_name_column_and_rows():
+    good = {"path": "a.png", "source": "s", "image_id": "s:1", "group": "s:1", "split": "",
+            "score": 0.5, "label": 1, "histogram": ""}  # fmt: skip
+    df = pd.DataFrame([good, {**good, "image_id": "s:2", "score": 1.5}])
+    with pytest.raises(mf.ManifestError, match=r"score outside \[0, 1\].*rows 1"):
+        mf.validate(df)
+    with pytest.raises(mf.ManifestError, match="missing column.*label"):
+        mf.validate(df.drop(columns="label"))
+    with pytest.raises(mf.ManifestError, match="duplicate image_id"):
+        mf.validate(pd.DataFrame([good, good]))
+    leak = pd.DataFrame([{**good, "split": "train"}, {**good, "image_id": "s:2", "split": "test"}])
+    with pytest.raises(mf.ManifestError, match="more than one split"):
+        mf.check_no_leak(leak)
+
+
+def test_manifest_round_trips_through_csv(tmp_path):
+    df = _source(tmp_path).manifest()
+    mf.save(df, tmp_path / "m.csv")
+    pd.testing.assert_frame_equal(mf.load(tmp_path / "m.csv"), df)
+
+
+def test_datamodule_saves_manifest_and_serves_batches(tmp_path):
+    dm = IQSDataModule(
+        {"synthetic": _source(tmp_path / "cache")},
+        image_size=48,
+        batch_size=4,
+        manifest_path=tmp_path / "run" / "manifest.csv",
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    saved = mf.load(tmp_path / "run" / "manifest.csv")
+    assert len(saved) == len(dm.manifest)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 48, 48)
+    assert set(batch) == {"image", "label", "score", "source"}
+    assert dm.summary().loc[("synthetic", "test")].sum() == 9
+
+
+def test_unreadable_image_is_skipped(tmp_path):
+    dm = IQSDataModule({"synthetic": _source(tmp_path / "cache")}, image_size=48, batch_size=64)
+    dm.setup("fit")
+    broken = dm.datasets["val"].paths[0]
+    Path(broken).write_bytes(b"not an image")
+    batch = next(iter(dm.val_dataloader()))
+    assert len(batch["label"]) == len(dm.datasets["val"]) - 1

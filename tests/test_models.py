@@ -1,0 +1,77 @@
+"""Every backbone config builds and trains one step; local weights files are used."""
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from iqs.models.backbones import BackboneError, create_backbone, input_config
+from iqs.models.losses import CrossEntropy
+from iqs.train import CONFIG_DIR
+
+MODEL_CONFIGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+
+
+def _module(name: str):
+    cfg = OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{name}.yaml")
+    optimizer = OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
+    return instantiate(cfg, loss=CrossEntropy(), optimizer=instantiate(optimizer))
+
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_backbone_config_builds_and_trains_one_step(name):
+    assert {"mobilenetv3_small_100", "resnet18", "inception_v3"} <= set(MODEL_CONFIGS)
+    torch.manual_seed(0)
+    module = _module(name)
+    optimizer = module.configure_optimizers()
+    size = 80 if name == "inception_v3" else 64  # inception needs at least 75 px
+    batch = {
+        "image": torch.randn(4, 3, size, size),
+        "label": torch.tensor([0, 1, 2, 1]),
+        "score": torch.tensor([0.1, 0.5, 0.9, 0.6]),
+        "source": torch.zeros(4, dtype=torch.long),
+    }
+    module.train()
+    before = [p.detach().clone() for p in module.head.parameters()]
+    loss = module.loss(module(batch["image"]), batch["label"], batch["score"])
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert module(batch["image"]).shape == (4, 3)
+    assert any(not torch.equal(b, a) for b, a in zip(before, module.head.parameters()))
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    torch.manual_seed(1)
+    source = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    loaded = create_backbone("resnet18", weights=path).eval()
+    fresh = create_backbone("resnet18").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), source.eval()(x))
+        assert not torch.allclose(fresh(x), loaded(x))
+
+
+def test_missing_weights_file_and_unknown_backbone_are_clear(tmp_path):
+    with pytest.raises(BackboneError, match="no such file"):
+        create_backbone("resnet18", weights=tmp_path / "nope.pth")
+    with pytest.raises(BackboneError, match="unknown timm backbone"):
+        create_backbone("resnet_nope")
+
+
+def test_input_config_comes_from_the_backbone():
+    assert input_config("inception_v3").size == 299
+    assert input_config("inception_v3").mean == pytest.approx((0.5, 0.5, 0.5))
+    assert input_config("resnet18").size == 224
+    assert input_config("resnet18", size=128).size == 128
+
+
+def test_predicted_score_is_expected_class():
+    loss = CrossEntropy()
+    logits = torch.tensor([[10.0, -10.0, -10.0], [-10.0, -10.0, 10.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(loss.predict_score(logits), torch.tensor([0.0, 1.0, 0.5]))

@@ -1,0 +1,99 @@
+"""The train entry point end to end, on tiny built-in data, on CPU."""
+
+import glob
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from iqs.train import train
+from tests.conftest import compose_train, run_cli
+from tests.wandb_files import read_offline_run
+
+pytestmark = pytest.mark.slow
+
+
+def test_fast_dev_run(tmp_path, data_dir):
+    cfg = compose_train(["debug=fdr"], tmp_path / "run", data_dir)
+    train(cfg)
+    assert (tmp_path / "run" / "manifest.csv").is_file()
+    assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["metrics"]
+
+
+def test_checkpoint_per_epoch_and_resume(tmp_path, data_dir):
+    cfg = compose_train(["trainer.max_epochs=2", "logger=csv"], tmp_path / "a", data_dir)
+    value = train(cfg)
+    ckpts = tmp_path / "a" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "epoch_000.ckpt", "epoch_001.ckpt", "last.ckpt",
+    ]  # fmt: skip
+    assert value is not None
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 1
+    assert last["iqs_config"]["model"]["backbone"]["name"] == "mobilenetv3_small_100"
+
+    resumed = compose_train(
+        ["trainer.max_epochs=3", "logger=csv", f"ckpt_path={ckpts / 'last.ckpt'}"],
+        tmp_path / "b",
+        data_dir,
+    )
+    train(resumed)
+    names = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
+    assert names == ["epoch_002.ckpt", "last.ckpt"]  # continued at epoch 2, not from scratch
+    state = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] > last["global_step"]
+    metrics = pd.read_csv(tmp_path / "b" / "csv" / "metrics.csv")
+    assert metrics["epoch"].dropna().min() >= 2
+
+
+def test_wandb_offline_run_holds_metrics_and_config(tmp_path, data_dir):
+    cfg = compose_train(["trainer.max_epochs=2"], tmp_path / "run", data_dir)
+    train(cfg)
+    import wandb
+
+    wandb.finish()
+    files = glob.glob(str(tmp_path / "run" / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(files) == 1
+    run = read_offline_run(files[0])
+    assert {"val/srcc", "val/f1_macro", "val/synthetic/srcc"} <= run.history_keys
+    assert "max" in run.summary["val/srcc"]
+    assert run.config["model"]["backbone"]["name"] == "mobilenetv3_small_100"
+    assert run.tags == ["dev"]
+    assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()  # CSV logger beside W&B
+
+
+def test_two_job_multirun(tmp_path, data_dir):
+    proc = run_cli(
+        ["-m", "model=mobilenetv3_small_100,resnet18", "trainer.max_epochs=1"],
+        tmp_path,
+        data_dir,
+    )
+    jobs = sorted(Path(p) for p in glob.glob(str(tmp_path / "train" / "multiruns" / "*" / "[0-9]")))
+    assert len(jobs) == 2, proc.stdout[-2000:]
+    groups = set()
+    for job, backbone in zip(jobs, ["mobilenetv3_small_100", "resnet18"]):
+        assert (job / "checkpoints" / "epoch_000.ckpt").is_file()
+        assert (job / "csv" / "metrics.csv").is_file()
+        runs = glob.glob(str(job / "wandb" / "offline-run-*" / "run-*.wandb"))
+        assert len(runs) == 1
+        run = read_offline_run(runs[0])
+        assert run.config["model"]["backbone"]["name"] == backbone
+        assert run.name == f"model={backbone}"
+        assert run.exit_code == 0
+        groups.add(run.group)
+    assert len(groups) == 1 and groups.pop().startswith("sweep-")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model=nope", "Could not find 'model/nope'"),
+        ("trainer.max_epoch=3", "Could not override 'trainer.max_epoch'"),
+    ],
+)
+def test_mistyped_override_fails_clearly(tmp_path, data_dir, override, message):
+    proc = run_cli([override], tmp_path, data_dir, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
