@@ -9,7 +9,6 @@ ARGS ?=
 
 $(PY):
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -e '.[dev]'
@@ -24,12 +23,12 @@ test: install
 	$(PY) -m pytest $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check iqs tests
-	$(VENV)/bin/ruff format --check iqs tests
+	$(VENV)/bin/ruff check iqs tests experiments
+	$(VENV)/bin/ruff format --check iqs tests experiments
 
 format: install
-	$(VENV)/bin/ruff check --fix iqs tests
-	$(VENV)/bin/ruff format iqs tests
+	$(VENV)/bin/ruff check --fix iqs tests experiments
+	$(VENV)/bin/ruff format iqs tests experiments
 
 # A small real sweep: two backbones x two learning rates, one epoch each.
 sweep: install

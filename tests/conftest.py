@@ -19,6 +19,7 @@ from iqs.train import CONFIG_DIR
 TINY = [
     "data.sources.synthetic.crops_per_photo=4",
     "data.sources.synthetic.variants_per_crop=2",
+    "data.sources.synthetic.dead_leaves=4",
     "data.image_size=64",
     "data.batch_size=8",
     "data.eval_batch_size=16",

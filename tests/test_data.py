@@ -10,7 +10,7 @@ import pytest
 from iqs.data import manifest as mf
 from iqs.data.datamodule import IQSDataModule
 from iqs.data.labels import ScoreEdges
-from iqs.data.sources.synthetic import CLEAN, SyntheticSource, ssim_score
+from iqs.data.sources.synthetic import CLEAN, SyntheticSource, dead_leaves, detail, ssim_score
 from iqs.data.splits import assign_group_splits
 
 DEFECTS = {
@@ -35,7 +35,15 @@ def _source(cache: Path, seed: int = 0, **kw) -> SyntheticSource:
         "crops_per_photo": 3,
         "variants_per_crop": 3,
         "crop_size": 64,
+        "zoom_range": (0.4, 0.8),
+        "min_detail": 20,
+        "rotate": True,
         "defects": DEFECTS,
+        "clean_augment": [
+            {"transform": "albumentations.HueSaturationValue", "params": {"p": 0.8}},
+            {"transform": "albumentations.ChannelShuffle", "params": {"p": 0.5}},
+        ],
+        "dead_leaves": 2,
         **kw,
     }
     return SyntheticSource("synthetic", cache, seed=seed, **kw)
@@ -58,8 +66,10 @@ def test_synthetic_manifest_is_deterministic_for_a_seed(tmp_path):
 def test_synthetic_rows_follow_the_contract(tmp_path):
     src = _source(tmp_path)
     df = src.manifest()
-    assert len(df) == len(FIXED) * 3 * 3
+    assert len(df) == len(FIXED) * 3 * 3 + 2 * 3  # photos x crops x variants + dead leaves
     assert set(df["split"]) == {"train", "val", "test"}
+    leaves = df[df["photo"] == "dead_leaves"]
+    assert len(leaves) == 2 * 3 and (leaves["split"] == "train").all()
     assert df.groupby("group")["split"].nunique().max() == 1  # one split per photograph
     assert df["score"].between(0, 1).all()
     np.testing.assert_array_equal(df["label"], ScoreEdges([0.6, 0.85])(df["score"]))
@@ -90,20 +100,48 @@ def test_synthetic_cache_is_reused(tmp_path):
     assert _source(tmp_path, crop_size=48).cache != src.cache  # other settings, other cache
 
 
-def test_synthetic_from_a_folder_of_own_photos(tmp_path):
+def test_synthetic_from_a_folder_of_own_photos(tmp_path, caplog):
     photos = tmp_path / "photos"
-    photos.mkdir()
+    (photos / "sub").mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(5):
         img = cv2.GaussianBlur(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), (0, 0), 2)
-        cv2.imwrite(str(photos / f"own_{i}.jpg"), img)
-    src = _source(tmp_path / "cache", photos_dir=photos, crops_per_photo=2, variants_per_crop=2)
+        cv2.imwrite(str(photos / ("sub" if i == 4 else "") / f"own_{i}.jpg"), img)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    cv2.imwrite(str(photos / "tiny.png"), np.zeros((20, 20, 3), np.uint8))
+    src = _source(
+        tmp_path / "cache", photos_dir=photos, crops_per_photo=2, variants_per_crop=2, dead_leaves=0
+    )
     df = src.manifest()
     assert (df["split"] == "").all()  # the data module splits them by photo
     assert df["group"].nunique() == 5
+    assert "synthetic:sub_own_4" in set(df["group"])
+    assert "skipped 2 unreadable photo(s)" in caplog.text and "broken.jpg" in caplog.text
     split = assign_group_splits(df, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
     assert split.groupby("group")["split"].nunique().max() == 1
     assert set(split["split"]) == {"train", "val", "test"}
+
+
+def test_min_detail_avoids_flat_crops(tmp_path):
+    kw = {"photos": ["rocket"], "crops_per_photo": 12, "variants_per_crop": 1, "rotate": False,
+          "clean_augment": [], "clean_fraction": 1.0, "dead_leaves": 0}  # fmt: skip
+    plain = _source(tmp_path / "a", min_detail=0, **kw)
+    picky = _source(tmp_path / "b", min_detail=40, **kw)
+    details = []
+    for src in (plain, picky):
+        df = src.manifest()
+        clean = df[df["defect"] == CLEAN]
+        details.append([detail(cv2.imread(p)[..., ::-1]) for p in clean["path"]])
+    assert np.mean(details[1]) > np.mean(details[0])  # rocket is mostly sky
+    assert np.mean(np.array(details[1]) >= 40) >= 0.8
+
+
+def test_dead_leaves_image_is_covered_and_deterministic():
+    a = dead_leaves(32, np.random.default_rng(5))
+    b = dead_leaves(32, np.random.default_rng(5))
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert len(np.unique(a.reshape(-1, 3), axis=0)) > 20  # many discs, anti-aliased edges
 
 
 def test_ssim_score_orders_degradations():
@@ -134,7 +172,7 @@ def test_manifest_errors_name_column_and_rows():
     df = pd.DataFrame([good, {**good, "image_id": "s:2", "score": 1.5}])
     with pytest.raises(mf.ManifestError, match=r"score outside \[0, 1\].*rows 1"):
         mf.validate(df)
-    with pytest.raises(mf.ManifestError, match="missing column.*label"):
+    with pytest.raises(mf.ManifestError, match=r"missing column.*label"):
         mf.validate(df.drop(columns="label"))
     with pytest.raises(mf.ManifestError, match="duplicate image_id"):
         mf.validate(pd.DataFrame([good, good]))
@@ -163,7 +201,7 @@ def test_datamodule_saves_manifest_and_serves_batches(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 48, 48)
     assert set(batch) == {"image", "label", "score", "source"}
-    assert dm.summary().loc[("synthetic", "test")].sum() == 9
+    assert dm.summary().loc[("synthetic", "test")].sum() == 9  # chelsea: 3 crops x 3 variants
 
 
 def test_unreadable_image_is_skipped(tmp_path):

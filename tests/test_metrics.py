@@ -46,7 +46,7 @@ def test_srcc_is_mean_of_per_source_srcc():
     v = _metrics()
     per_source = []
     for s, name in enumerate(["a", "b"]):
-        mask = SOURCE == s
+        mask = np.equal(SOURCE, s)
         expected = spearmanr(PRED_SCORE[mask], SCORE[mask])[0]
         assert v[f"{name}/srcc"] == pytest.approx(expected, abs=1e-5)
         assert v[f"{name}/f1_macro"] == pytest.approx(

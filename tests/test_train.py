@@ -80,7 +80,8 @@ def test_two_job_multirun(tmp_path, data_dir):
         assert len(runs) == 1
         run = read_offline_run(runs[0])
         assert run.config["model"]["backbone"]["name"] == backbone
-        assert run.name == f"model={backbone}"
+        assert f"model={backbone}" in run.name.split(",")
+        assert "paths." not in run.name
         assert run.exit_code == 0
         groups.add(run.group)
     assert len(groups) == 1 and groups.pop().startswith("sweep-")
@@ -97,3 +98,14 @@ def test_mistyped_override_fails_clearly(tmp_path, data_dir, override, message):
     proc = run_cli([override], tmp_path, data_dir, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
+
+
+def test_same_seed_same_metrics_on_cpu(tmp_path, data_dir):
+    values = []
+    for name in ("a", "b"):
+        cfg = compose_train(["logger=csv", "callbacks=none"], tmp_path / name, data_dir)
+        train(cfg)
+        metrics = json.loads((tmp_path / name / "test_metrics.json").read_text())["metrics"]
+        values.append(metrics)
+    assert values[0] == values[1]
+    assert json.loads((tmp_path / "a" / "test_metrics.json").read_text())["checkpoint"] is None
