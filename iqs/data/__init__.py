@@ -1,0 +1,1 @@
+"""Data: sources produce a manifest; the data module turns it into loaders."""

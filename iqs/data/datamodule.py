@@ -1,0 +1,146 @@
+"""The LightningDataModule: sources -> one manifest -> leak-free splits -> loaders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from iqs.data import manifest as mf
+from iqs.data.dataset import ManifestDataset, collate_skip_none
+from iqs.data.labels import CLASS_NAMES
+from iqs.data.sources.base import Source
+from iqs.data.splits import assign_group_splits
+from iqs.data.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+
+class IQSDataModule(pl.LightningDataModule):
+    """Combines the manifests of several sources and serves train/val/test loaders.
+
+    Args:
+        sources: source name -> :class:`Source`; the names become per-source metric prefixes.
+        image_size: model input side; ``None`` means the backbone's own (set by the train entry).
+        mean, std: normalisation of the backbone's pretrained configuration.
+        split_fractions: train/val/test shares for rows whose source gives no split.
+        seed: seed of that split.
+        manifest_path: where the combined manifest of the run is saved (``None``: not saved).
+        train_scale, train_ratio, hflip: random resized crop and flip settings for training.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        image_size: int | None = None,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        split_fractions: Mapping[str, float] | None = None,
+        seed: int = 0,
+        manifest_path: str | os.PathLike | None = None,
+        train_scale: Sequence[float] = (0.6, 1.0),
+        train_ratio: Sequence[float] = (0.9, 1.1),
+        hflip: bool = True,
+    ) -> None:
+        super().__init__()
+        if not sources:
+            raise ValueError("data.sources is empty: name at least one source")
+        if image_size is None:
+            raise ValueError("image_size is not set: the train entry point takes it from the model")
+        self.sources = dict(sources)
+        self.image_size = int(image_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.split_fractions = dict(split_fractions or {"train": 0.8, "val": 0.1, "test": 0.1})
+        self.seed = seed
+        self.manifest_path = Path(manifest_path) if manifest_path else None
+        self.train_scale, self.train_ratio, self.hflip = train_scale, train_ratio, hflip
+        self.manifest: pd.DataFrame | None = None
+        self.datasets: dict[str, ManifestDataset] = {}
+
+    @property
+    def source_names(self) -> list[str]:
+        return list(self.sources)
+
+    def prepare_data(self) -> None:
+        for source in self.sources.values():
+            source.prepare()
+
+    def build_manifest(self) -> pd.DataFrame:
+        """The combined, validated manifest with every row assigned to a split."""
+        frames = []
+        for name, source in self.sources.items():
+            df = mf.validate(source.manifest(), where=f"source {name!r}")
+            df["source"] = name
+            frames.append(df)
+        df = pd.concat(frames, ignore_index=True)
+        df = mf.validate(df, where="combined manifest")
+        df = assign_group_splits(df, self.split_fractions, self.seed)
+        mf.check_no_leak(df)
+        return df
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.manifest is not None:
+            return
+        self.manifest = self.build_manifest()
+        if self.manifest_path is not None and self._is_global_zero():
+            mf.save(self.manifest, self.manifest_path)
+        log.info("data summary (rows per source x split x class):\n%s", self.summary())
+        train_tf = train_transform(
+            self.image_size, self.mean, self.std, self.train_scale, self.train_ratio, self.hflip
+        )
+        eval_tf = eval_transform(self.image_size, self.mean, self.std)
+        for split in mf.SPLITS:
+            rows = self.manifest[self.manifest["split"] == split]
+            tf = train_tf if split == "train" else eval_tf
+            self.datasets[split] = ManifestDataset(rows, self.source_names, tf)
+
+    def summary(self) -> pd.DataFrame:
+        assert self.manifest is not None
+        table = pd.crosstab(
+            [self.manifest["source"], self.manifest["split"]],
+            self.manifest["label"].map(dict(enumerate(CLASS_NAMES))),
+        )
+        return table.reindex(columns=list(CLASS_NAMES), fill_value=0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        if len(dataset) == 0:
+            raise ValueError(f"the {split} split is empty: check data.split_fractions and sources")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate_skip_none,
+            drop_last=False,
+        )
+
+    def _is_global_zero(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is None or trainer.is_global_zero
