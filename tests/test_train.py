@@ -108,4 +108,3 @@ def test_same_seed_same_metrics_on_cpu(tmp_path, data_dir):
         metrics = json.loads((tmp_path / name / "test_metrics.json").read_text())["metrics"]
         values.append(metrics)
     assert values[0] == values[1]
-    assert json.loads((tmp_path / "a" / "test_metrics.json").read_text())["checkpoint"] is None

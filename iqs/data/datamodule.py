@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from iqs.data import manifest as mf
-from iqs.data.dataset import ManifestDataset, collate_skip_none
+from iqs.data.dataset import ManifestDataset, collate_skip_none, seed_worker
 from iqs.data.labels import CLASS_NAMES
 from iqs.data.sources.base import Source
 from iqs.data.splits import assign_group_splits
@@ -101,7 +101,13 @@ class IQSDataModule(pl.LightningDataModule):
             mf.save(self.manifest, self.manifest_path)
         log.info("data summary (rows per source x split x class):\n%s", self.summary())
         train_tf = train_transform(
-            self.image_size, self.mean, self.std, self.train_scale, self.train_ratio, self.hflip
+            self.image_size,
+            self.mean,
+            self.std,
+            self.train_scale,
+            self.train_ratio,
+            self.hflip,
+            seed=self.seed,
         )
         eval_tf = eval_transform(self.image_size, self.mean, self.std)
         for split in mf.SPLITS:
@@ -138,6 +144,7 @@ class IQSDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             collate_fn=collate_skip_none,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
             drop_last=False,
         )
 

@@ -59,6 +59,14 @@ class ManifestDataset(Dataset):
         }
 
 
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed the worker's augmentation stream from the worker's
+    torch seed (itself derived from the global seed, the worker id and the epoch)."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset.transform, "set_random_seed"):
+        info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
 def collate_skip_none(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     kept = [b for b in batch if b is not None]
     return default_collate(kept) if kept else None

@@ -1,5 +1,8 @@
 """Albumentations pipelines: random crop and flip for training, a deterministic resize for eval.
 
+Albumentations draws its own random state (from OS entropy unless seeded), so the train
+pipeline takes a seed, and ``iqs.data.dataset.seed_worker`` reseeds it in each loader worker.
+
 Input size and normalisation are given by the model (see ``iqs.models.backbones``); nothing here
 assumes a particular backbone.
 """
@@ -20,6 +23,7 @@ def train_transform(
     scale: Sequence[float] = (0.6, 1.0),
     ratio: Sequence[float] = (0.9, 1.1),
     hflip: bool = True,
+    seed: int | None = None,
 ) -> A.Compose:
     """Random resized crop (mild by default: strong zoom would hide or invent blur) and flip."""
     ops: list[A.BasicTransform] = [
@@ -29,7 +33,8 @@ def train_transform(
     ]
     if hflip:
         ops.append(A.HorizontalFlip(p=0.5))
-    return A.Compose([*ops, A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()])
+    ops += [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
+    return A.Compose(ops, seed=seed)
 
 
 def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> A.Compose:

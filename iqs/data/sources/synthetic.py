@@ -52,7 +52,9 @@ def _builtin_loaders() -> dict[str, Any]:
 
     def grace_hopper() -> np.ndarray:
         with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-            return cv2.cvtColor(cv2.imdecode(np.frombuffer(f.read(), np.uint8), 1), cv2.COLOR_BGR2RGB)
+            return cv2.cvtColor(
+                cv2.imdecode(np.frombuffer(f.read(), np.uint8), 1), cv2.COLOR_BGR2RGB
+            )
 
     return {
         "astronaut": skimage.data.astronaut,  # portrait, studio
@@ -218,9 +220,7 @@ class SyntheticSource(Source):
         assert self.photos_dir is not None
         if not self.photos_dir.is_dir():
             raise SourceError(f"{self.name}: photos_dir {self.photos_dir} is not a folder")
-        files = sorted(
-            p for p in self.photos_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        files = sorted(p for p in self.photos_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if len(files) < 3:
             raise SourceError(
                 f"{self.name}: {self.photos_dir} holds {len(files)} photo(s); at least 3 are "
@@ -269,7 +269,9 @@ class SyntheticSource(Source):
         h, w = rgb.shape[:2]
         scale = self.max_side / max(h, w)
         if scale < 1:
-            rgb = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+            rgb = cv2.resize(
+                rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
+            )
         return rgb if min(rgb.shape[:2]) >= self.crop_size else None
 
     def _generate(self, photo: Photo) -> list[dict[str, Any]]:
@@ -283,7 +285,9 @@ class SyntheticSource(Source):
         if not self.dead_leaves:
             return []
         rng = np.random.default_rng([self.seed, zlib.crc32(b"dead_leaves")])
-        cleans = [self._augment(dead_leaves(self.crop_size, rng), rng) for _ in range(self.dead_leaves)]
+        cleans = [
+            self._augment(dead_leaves(self.crop_size, rng), rng) for _ in range(self.dead_leaves)
+        ]
         return self._variants("dead_leaves", "train", cleans, rng)
 
     def _variants(
@@ -357,7 +361,10 @@ def dead_leaves(
     like natural images), drawn ``oversample`` times larger and area-downscaled so that edges
     are anti-aliased as a camera's are."""
     big = size * oversample
-    r_min, r_max = 1.5 * oversample, big / 2  # no speckle finer than ~1.5 px: it would pass for noise
+    r_min, r_max = (
+        1.5 * oversample,
+        big / 2,
+    )  # no speckle finer than ~1.5 px: it would pass for noise
     u = rng.random(discs)
     lo, hi = r_min**-2, r_max**-2
     radii = (lo - u * (lo - hi)) ** -0.5  # inverse CDF of p(r) ~ r^-3 on [r_min, r_max]
