@@ -140,9 +140,8 @@ def train(cfg: DictConfig) -> float | None:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_callbacks(cfg), logger=loggers or False
     )
-    config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
-        logger.log_hyperparams(config)  # type: ignore[arg-type]
+        logger.log_hyperparams(model.run_config)  # type: ignore[arg-type]
     _define_wandb_summaries(loggers)
 
     if cfg.get("train", True):
