@@ -108,3 +108,22 @@ def test_same_seed_same_metrics_on_cpu(tmp_path, data_dir):
         metrics = json.loads((tmp_path / name / "test_metrics.json").read_text())["metrics"]
         values.append(metrics)
     assert values[0] == values[1]
+
+
+@pytest.mark.parametrize("loss", ["weighted_cross_entropy", "corn", "multitask"])
+def test_fast_dev_run_with_other_losses(tmp_path, data_dir, loss):
+    from iqs.train import build
+
+    cfg = compose_train(["debug=fdr", f"loss={loss}"], tmp_path / "run", data_dir)
+    train(cfg)
+    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())["metrics"]
+    assert "test/f1_macro" in metrics
+    if loss == "weighted_cross_entropy":  # balanced weights come from the training split
+        import pytorch_lightning as pl
+
+        datamodule, model = build(cfg)
+        trainer = pl.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False)
+        trainer.fit(model, datamodule=datamodule)
+        counts = datamodule.class_counts("train").float()
+        expected = counts.sum() / (3 * counts.clamp(min=1))
+        torch.testing.assert_close(model.loss.weight, expected)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from iqs.data import manifest as mf
@@ -114,6 +115,13 @@ class IQSDataModule(pl.LightningDataModule):
             rows = self.manifest[self.manifest["split"] == split]
             tf = train_tf if split == "train" else eval_tf
             self.datasets[split] = ManifestDataset(rows, self.source_names, tf)
+
+    def class_counts(self, split: str) -> torch.Tensor:
+        """Rows per class in ``split`` (for class-weighted losses)."""
+        self.setup()
+        assert self.manifest is not None
+        labels = self.manifest.loc[self.manifest["split"] == split, "label"]
+        return torch.bincount(torch.as_tensor(labels.to_numpy()), minlength=len(CLASS_NAMES))
 
     def summary(self) -> pd.DataFrame:
         assert self.manifest is not None

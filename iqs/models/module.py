@@ -58,6 +58,11 @@ class IQSModule(pl.LightningModule):
         self.val_best = nn.ModuleDict({k: MaxMetric() for k in ("srcc", "f1_macro")})
         self.confusion_matrices: dict[str, list[list[int]]] = {}
 
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and hasattr(self.loss, "set_class_counts") and datamodule is not None:
+            self.loss.set_class_counts(datamodule.class_counts("train"))
+
     def stage_metrics(self, stage: str) -> QualityMetrics:
         return getattr(self, f"{stage}_metrics")
 
