@@ -44,6 +44,14 @@ def _offline_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
+def compose_group(group: str, name: str) -> DictConfig:
+    """One config group's choice, composed by Hydra (defaults lists included)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"{group}={name}"])
+    return cfg[group]
+
+
 def compose_train(overrides: list[str], output_dir: Path, data_dir: Path) -> DictConfig:
     """The train config as `iqs-train` would build it, with the run directory set."""
     GlobalHydra.instance().clear()

@@ -18,6 +18,7 @@ from iqs.models.losses import (
     WeightedCrossEntropy,
 )
 from iqs.train import CONFIG_DIR
+from tests.conftest import compose_group
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-1.0, 0.0, 3.0], [1.0, 1.0, -2.0]])
 LABELS = torch.tensor([0, 2, 2, 1])
@@ -107,7 +108,7 @@ LOSS_CONFIGS = sorted(p.stem for p in (Path(CONFIG_DIR) / "loss").glob("*.yaml")
 def test_each_loss_config_trains_a_step(name):
     torch.manual_seed(0)
     loss = instantiate(OmegaConf.load(Path(CONFIG_DIR) / "loss" / f"{name}.yaml"))
-    model_cfg = OmegaConf.load(Path(CONFIG_DIR) / "model" / "mobilenetv3_small_100.yaml")
+    model_cfg = compose_group("model", "mobilenetv3_small_100")
     opt = OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
     module = instantiate(model_cfg, loss=loss, optimizer=instantiate(opt))
     if hasattr(loss, "set_class_counts"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 from torch import nn
@@ -24,16 +25,17 @@ class InputConfig:
 
 
 def create_backbone(
-    name: str, pretrained: bool = False, weights: str | os.PathLike | None = None
+    name: str, pretrained: bool = False, weights: str | os.PathLike | None = None, **kwargs: Any
 ) -> nn.Module:
     """A timm model without classifier (``num_classes=0``), returning pooled features.
 
     ``weights`` is a local checkpoint file (timm ``.pth``/``.bin``/``.safetensors`` state dict);
-    it wins over ``pretrained``, which downloads ImageNet weights from the hub.
+    it wins over ``pretrained``, which downloads ImageNet weights from the hub. Other keyword
+    arguments go to ``timm.create_model`` (e.g. ``dynamic_img_size`` for ViTs).
     """
     if not timm.is_model(name.split(".")[0]):
         raise BackboneError(f"unknown timm backbone {name!r}; see timm.list_models()")
-    kwargs: dict = {"num_classes": 0}
+    kwargs["num_classes"] = 0
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
