@@ -127,3 +127,39 @@ def test_fast_dev_run_with_other_losses(tmp_path, data_dir, loss):
         counts = datamodule.class_counts("train").float()
         expected = counts.sum() / (3 * counts.clamp(min=1))
         torch.testing.assert_close(model.loss.weight, expected)
+
+
+def test_two_stage_finetuning_freezes_then_unfreezes(tmp_path, data_dir):
+    import pytorch_lightning as pl
+
+    from iqs.train import build
+
+    seen = []
+
+    class Probe(pl.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            # runs after the finetuning callback's own epoch-start hook (callback order)
+            seen.append(
+                (
+                    all(not p.requires_grad for p in module.backbone.parameters()),
+                    all(p.requires_grad for p in module.head.parameters()),
+                    [g["lr"] for g in trainer.optimizers[0].param_groups],
+                )
+            )
+
+    cfg = compose_train(
+        ["callbacks=two_stage", "callbacks.two_stage.unfreeze_at_epoch=1", "scheduler=none",
+         "optimizer.lr=0.001", "callbacks.two_stage.backbone_lr_ratio=0.5", "logger=csv",
+         "trainer.max_epochs=3", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"],
+        tmp_path / "run", data_dir,
+    )  # fmt: skip
+    datamodule, model = build(cfg)
+    from hydra.utils import instantiate
+
+    callbacks = [instantiate(cfg.callbacks.two_stage), Probe()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    trainer.fit(model, datamodule=datamodule)
+    assert seen[0] == (True, True, [0.001])
+    frozen, head, lrs = seen[1]
+    assert not frozen and head and lrs == [1e-5, 5e-6]  # head group, then the backbone group
+    assert seen[2][2] == [1e-5, 5e-6]
