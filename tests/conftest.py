@@ -44,11 +44,11 @@ def _offline_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-def compose_group(group: str, name: str) -> DictConfig:
+def compose_group(group: str, name: str, *overrides: str) -> DictConfig:
     """One config group's choice, composed by Hydra (defaults lists included)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"{group}={name}"])
+        cfg = compose(config_name="train", overrides=[f"{group}={name}", *overrides])
     return cfg[group]
 
 

@@ -51,6 +51,17 @@ def test_backbone_config_builds_and_trains_one_step(name):
     assert any(not torch.equal(b, a) for b, a in zip(before, module.head.parameters()))
 
 
+def test_head_is_a_config_choice():
+    from torch import nn
+
+    optimizer = instantiate(OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True}))
+    for head, layers in (("nima", 2), ("linear", 1)):
+        cfg = compose_group("model", "resnet18", f"model/head={head}")
+        module = instantiate(cfg, loss=CrossEntropy(), optimizer=optimizer)
+        linears = [m for m in module.head.modules() if isinstance(m, nn.Linear)]
+        assert len(linears) == layers and linears[-1].out_features == 3
+
+
 def test_local_weights_file_is_loaded(tmp_path):
     torch.manual_seed(1)
     source = timm.create_model("resnet18", pretrained=False, num_classes=0)
