@@ -55,8 +55,9 @@ class WeightedCrossEntropy(QualityLoss):
         super().__init__()
         self.mode = weights
         self.label_smoothing = label_smoothing
-        fixed = None if weights == "balanced" else torch.tensor(weights, dtype=torch.float32)
-        self.register_buffer("weight", fixed if fixed is not None else torch.ones(NUM_CLASSES))
+        balanced = weights == "balanced"
+        weight = torch.ones(NUM_CLASSES) if balanced else torch.tensor(weights, dtype=torch.float32)
+        self.register_buffer("weight", weight)
 
     def set_class_counts(self, counts: Tensor) -> None:
         if self.mode == "balanced":

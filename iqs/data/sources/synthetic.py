@@ -149,6 +149,11 @@ class SyntheticSource(Source):
         self.defects = {k: _plain(v) for k, v in (defects or {}).items()}
         self.edges = ScoreEdges(label_edges)
         self.clean_augment = [_plain(spec) for spec in clean_augment]
+        # Built once; each use reseeds them, which is what a new Compose(seed=...) would do.
+        self._defect_ops = {
+            k: A.Compose([_transform({**spec, "p": 1.0})]) for k, spec in self.defects.items()
+        }
+        self._clean_ops = A.Compose([_transform(spec) for spec in self.clean_augment])
         self.dead_leaves = int(dead_leaves)
         if not self.defects and self.clean_fraction < 1:
             raise SourceError(f"{name}: no defects configured but clean_fraction < 1")
@@ -187,7 +192,6 @@ class SyntheticSource(Source):
         self.prepare()
         df = mf.load(self.manifest_path)
         df["path"] = [str(self.cache / p) for p in df["path"]]
-        df["source"] = self.name
         return df
 
     # -- generation ---------------------------------------------------------------------------
@@ -346,12 +350,10 @@ class SyntheticSource(Source):
     def _augment(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if not self.clean_augment:
             return clean
-        ops = [_transform(spec) for spec in self.clean_augment]
-        return A.Compose(ops, seed=int(rng.integers(2**31)))(image=clean)["image"]
+        return _apply(self._clean_ops, clean, int(rng.integers(2**31)))
 
     def _degrade(self, img: np.ndarray, defect: str, seed: int) -> np.ndarray:
-        transform = _transform({**self.defects[defect], "p": 1.0})
-        return A.Compose([transform], seed=seed)(image=img)["image"]
+        return _apply(self._defect_ops[defect], img, seed)
 
 
 def dead_leaves(
@@ -361,10 +363,8 @@ def dead_leaves(
     like natural images), drawn ``oversample`` times larger and area-downscaled so that edges
     are anti-aliased as a camera's are."""
     big = size * oversample
-    r_min, r_max = (
-        1.5 * oversample,
-        big / 2,
-    )  # no speckle finer than ~1.5 px: it would pass for noise
+    # no speckle finer than ~1.5 px: it would pass for noise
+    r_min, r_max = 1.5 * oversample, big / 2
     u = rng.random(discs)
     lo, hi = r_min**-2, r_max**-2
     radii = (lo - u * (lo - hi)) ** -0.5  # inverse CDF of p(r) ~ r^-3 on [r_min, r_max]
@@ -407,6 +407,11 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
         raise SourceError(f"could not encode {path}")
     with atomic_write(path, "wb") as f:
         f.write(buf.tobytes())
+
+
+def _apply(ops: A.Compose, img: np.ndarray, seed: int) -> np.ndarray:
+    ops.set_random_seed(seed)
+    return ops(image=img)["image"]
 
 
 def _transform(spec: Mapping[str, Any]) -> A.BasicTransform:
