@@ -25,6 +25,8 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from iqs.data.datamodule import IQSDataModule
+from iqs.data.manifest import ManifestError
+from iqs.data.sources.base import SourceError
 from iqs.models.backbones import input_config
 from iqs.models.module import IQSModule
 from iqs.utils import atomic_write_text
@@ -136,6 +138,10 @@ def train(cfg: DictConfig) -> float | None:
     """Fit and test as configured; return the best value of ``optimized_metric``."""
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, model = build(cfg)
+    # Read the data before anything else starts: a missing data set fails here, in one line,
+    # and the summary of what will be trained on opens the log.
+    datamodule.prepare_data()
+    datamodule.setup()
     loggers = instantiate_loggers(cfg)
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_callbacks(cfg), logger=loggers or False
@@ -199,6 +205,11 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def main(cfg: DictConfig) -> float | None:
     try:
         value = train(cfg)
+    except (SourceError, ManifestError) as e:
+        # The message names the file, row or folder and what to do: a traceback adds nothing.
+        _finish_wandb(exit_code=1)
+        log.error("%s", e)
+        raise SystemExit(f"iqs-train: {e}") from None
     except BaseException:
         _finish_wandb(exit_code=1)
         raise

@@ -16,16 +16,20 @@ from omegaconf import DictConfig, open_dict
 from iqs.train import CONFIG_DIR
 
 # A few crops of every built-in photo at 64 px: every part of the pipeline runs, in seconds.
-TINY = [
+TINY_SYNTHETIC = [
     "data.sources.synthetic.crops_per_photo=4",
     "data.sources.synthetic.variants_per_crop=2",
     "data.sources.synthetic.dead_leaves=4",
+]
+TINY_RUN = [
     "data.image_size=64",
     "data.batch_size=8",
     "data.eval_batch_size=16",
     "trainer.max_epochs=1",
     "trainer.log_every_n_steps=1",
+    "data.num_workers=0",
 ]
+TINY = TINY_SYNTHETIC + TINY_RUN
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +38,24 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data")
     os.environ["IQS_DATA_DIR"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def trees(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny image trees of every real data set, each in its distributed layout."""
+    from tests import datasets as ds
+
+    root = tmp_path_factory.mktemp("datasets")
+    ava_ids = list(range(1000, 1016))
+    ds.koniq_tree(root / "koniq10k")
+    ds.spaq_tree(root / "spaq")
+    ds.ava_tree(root / "ava", ava_ids, test_ids=ava_ids[:4])
+    # EVA shares ids with AVA: two in AVA's official test split, two in its train part.
+    ds.eva_tree(root / "eva", [1000, 1001, 1008, 1009, 5000, 5001, 5002, 5003, 5004, 5005])
+    ds.kadid_tree(root / "kadid10k")
+    ds.clive_tree(root / "clive")
+    ds.folder_tree(root / "folder")
+    return root
 
 
 @pytest.fixture(autouse=True)
@@ -52,13 +74,15 @@ def compose_group(group: str, name: str, *overrides: str) -> DictConfig:
     return cfg[group]
 
 
-def compose_train(overrides: list[str], output_dir: Path, data_dir: Path) -> DictConfig:
+def compose_train(
+    overrides: list[str], output_dir: Path, data_dir: Path, tiny: list[str] = TINY
+) -> DictConfig:
     """The train config as `iqs-train` would build it, with the run directory set."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(
             config_name="train",
-            overrides=[*TINY, f"paths.data_dir={data_dir}", *overrides],
+            overrides=[*tiny, f"paths.data_dir={data_dir}", *overrides],
             return_hydra_config=True,
         )
     with open_dict(cfg):

@@ -10,7 +10,7 @@ import torch
 
 from iqs.data import manifest as mf
 from iqs.data.datamodule import IQSDataModule
-from iqs.data.labels import ScoreEdges
+from iqs.data.labels import LabelRule
 from iqs.data.sources.synthetic import CLEAN, SyntheticSource, dead_leaves, detail, ssim_score
 from iqs.data.splits import assign_group_splits
 
@@ -73,7 +73,7 @@ def test_synthetic_rows_follow_the_contract(tmp_path):
     assert len(leaves) == 2 * 3 and (leaves["split"] == "train").all()
     assert df.groupby("group")["split"].nunique().max() == 1  # one split per photograph
     assert df["score"].between(0, 1).all()
-    np.testing.assert_array_equal(df["label"], ScoreEdges([0.6, 0.85])(df["score"]))
+    np.testing.assert_array_equal(df["label"], LabelRule.from_edges([0.6, 0.85])(df["score"]))
     assert (df.loc[df["defect"] == CLEAN, "score"] == 1.0).all()
     assert (df.loc[df["defect"] != CLEAN, "score"] < 1.0).all()
     assert all(Path(p).is_file() for p in df["path"])
@@ -155,8 +155,10 @@ def test_ssim_score_orders_degradations():
 
 
 def test_group_split_is_seeded_and_never_splits_a_group():
-    df = pd.DataFrame({"group": [f"g{i // 3}" for i in range(90)], "split": [""] * 90})
-    df.loc[:2, "split"] = "test"  # an official split is kept
+    df = pd.DataFrame(
+        {"group": [f"g{i // 3}" for i in range(90)], "split": "", "source": "s", "label": 0}
+    )
+    df.loc[0, "split"] = "test"  # an official split is kept, for the row's whole group
     fractions = {"train": 0.8, "val": 0.1, "test": 0.1}
     a = assign_group_splits(df, fractions, seed=1)
     b = assign_group_splits(df, fractions, seed=1)
@@ -201,8 +203,8 @@ def test_datamodule_saves_manifest_and_serves_batches(tmp_path):
     assert len(saved) == len(dm.manifest)
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 48, 48)
-    assert set(batch) == {"image", "label", "score", "source"}
-    assert dm.summary().loc[("synthetic", "test")].sum() == 9  # chelsea: 3 crops x 3 variants
+    assert set(batch) == {"image", "label", "score", "source", "skipped"}
+    assert dm.summary().loc[("synthetic", "test"), "total"] == 9  # chelsea: 3 crops x 3 variants
 
 
 def test_unreadable_image_is_skipped(tmp_path):

@@ -6,14 +6,16 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from iqs.data import manifest as mf
 from iqs.data.dataset import ManifestDataset, collate_skip_none, seed_worker
+from iqs.data.images import ImageCache
 from iqs.data.labels import CLASS_NAMES
 from iqs.data.sources.base import Source
 from iqs.data.splits import assign_group_splits
@@ -27,12 +29,17 @@ class IQSDataModule(pl.LightningDataModule):
 
     Args:
         sources: source name -> :class:`Source`; the names become per-source metric prefixes.
+            Sources switched off (``enabled: false``) are left out.
         image_size: model input side; ``None`` means the backbone's own (set by the train entry).
         mean, std: normalisation of the backbone's pretrained configuration.
         split_fractions: train/val/test shares for rows whose source gives no split.
         seed: seed of that split.
         manifest_path: where the combined manifest of the run is saved (``None``: not saved).
         train_scale, train_ratio, hflip: random resized crop and flip settings for training.
+        cache: ``{dir, max_side, quality}`` of the resize cache that sources with ``cache: true``
+            read through (``None``: off).
+        labels: the label-rule preset (``conf/data/labels/``) the sources' rules come from;
+            each source holds its own rule, this is kept for the record.
     """
 
     def __init__(
@@ -52,10 +59,15 @@ class IQSDataModule(pl.LightningDataModule):
         train_scale: Sequence[float] = (0.6, 1.0),
         train_ratio: Sequence[float] = (0.9, 1.1),
         hflip: bool = True,
+        cache: Mapping[str, Any] | None = None,
+        labels: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        sources = {name: src for name, src in sources.items() if src.enabled}
         if not sources:
-            raise ValueError("data.sources is empty: name at least one source")
+            raise ValueError("data.sources is empty (or all disabled): enable at least one source")
+        for name, source in sources.items():
+            source.name = name  # the mix's key is the name metrics and reports use
         if image_size is None:
             raise ValueError("image_size is not set: the train entry point takes it from the model")
         self.sources = dict(sources)
@@ -70,12 +82,23 @@ class IQSDataModule(pl.LightningDataModule):
         self.seed = seed
         self.manifest_path = Path(manifest_path) if manifest_path else None
         self.train_scale, self.train_ratio, self.hflip = train_scale, train_ratio, hflip
+        self.image_cache = (
+            ImageCache(cache["dir"], cache.get("max_side", 512), cache.get("quality", 95))
+            if cache
+            else None
+        )
+        self.label_presets = dict(labels or {})
         self.manifest: pd.DataFrame | None = None
         self.datasets: dict[str, ManifestDataset] = {}
 
     @property
     def source_names(self) -> list[str]:
         return list(self.sources)
+
+    @property
+    def cached_sources(self) -> list[str]:
+        """Sources read through the image cache."""
+        return [name for name, src in self.sources.items() if src.cache and self.image_cache]
 
     def prepare_data(self) -> None:
         for source in self.sources.values():
@@ -87,7 +110,10 @@ class IQSDataModule(pl.LightningDataModule):
         for name, source in self.sources.items():
             df = mf.validate(source.manifest(), where=f"source {name!r}")
             df["source"] = name
+            if source.max_samples is not None and len(df) > source.max_samples:
+                df = df.sample(n=source.max_samples, random_state=self.seed).sort_index()
             frames.append(df)
+            self._report_problems(source)
         df = pd.concat(frames, ignore_index=True)
         df = mf.validate(df, where="combined manifest")
         df = assign_group_splits(df, self.split_fractions, self.seed)
@@ -114,22 +140,32 @@ class IQSDataModule(pl.LightningDataModule):
         for split in mf.SPLITS:
             rows = self.manifest[self.manifest["split"] == split]
             tf = train_tf if split == "train" else eval_tf
-            self.datasets[split] = ManifestDataset(rows, self.source_names, tf)
+            self.datasets[split] = ManifestDataset(
+                rows, self.source_names, tf, self.image_cache, self.cached_sources
+            )
+
+    @staticmethod
+    def _report_problems(source: Source, most: int = 10) -> None:
+        for line in source.problems[:most]:
+            log.warning("%s", line)
+        if len(source.problems) > most:
+            log.warning(
+                "%s: %d more problem(s); `iqs-data check` lists them all",
+                source.name,
+                len(source.problems) - most,
+            )
 
     def class_counts(self, split: str) -> torch.Tensor:
         """Rows per class in ``split`` (for class-weighted losses)."""
         self.setup()
         assert self.manifest is not None
         labels = self.manifest.loc[self.manifest["split"] == split, "label"]
-        return torch.bincount(torch.as_tensor(labels.to_numpy()), minlength=len(CLASS_NAMES))
+        return torch.bincount(torch.as_tensor(labels.to_numpy(copy=True)), minlength=len(CLASS_NAMES))
 
     def summary(self) -> pd.DataFrame:
+        """Rows per source x split x class, with each cell's score range."""
         assert self.manifest is not None
-        table = pd.crosstab(
-            [self.manifest["source"], self.manifest["split"]],
-            self.manifest["label"].map(dict(enumerate(CLASS_NAMES))),
-        )
-        return table.reindex(columns=list(CLASS_NAMES), fill_value=0)
+        return summarize(self.manifest)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -144,10 +180,12 @@ class IQSDataModule(pl.LightningDataModule):
         dataset = self.datasets[split]
         if len(dataset) == 0:
             raise ValueError(f"the {split} split is empty: check data.split_fractions and sources")
+        sampler = self._weighted_sampler(split) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
@@ -156,6 +194,34 @@ class IQSDataModule(pl.LightningDataModule):
             drop_last=False,
         )
 
+    def _weighted_sampler(self, split: str) -> WeightedRandomSampler | None:
+        """Draws rows by their source's ``weight``; ``None`` (plain shuffling) when all are 1."""
+        weights = {name: src.weight for name, src in self.sources.items()}
+        if all(w == 1.0 for w in weights.values()):
+            return None
+        assert self.manifest is not None
+        rows = self.manifest.loc[self.manifest["split"] == split, "source"].map(weights)
+        generator = torch.Generator().manual_seed(self.seed)
+        return WeightedRandomSampler(
+            torch.as_tensor(rows.to_numpy(), dtype=torch.double),
+            num_samples=len(rows),
+            replacement=True,
+            generator=generator,
+        )
+
     def _is_global_zero(self) -> bool:
         trainer = getattr(self, "trainer", None)
         return trainer is None or trainer.is_global_zero
+
+
+def summarize(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Rows per source x split x class, and the score range of each source x split."""
+    table = pd.crosstab(
+        [manifest["source"], manifest["split"]],
+        manifest["label"].map(dict(enumerate(CLASS_NAMES))),
+    ).reindex(columns=list(CLASS_NAMES), fill_value=0)
+    scores = manifest.groupby(["source", "split"])["score"]
+    table["total"] = table.sum(axis=1)
+    table["score_min"] = scores.min().round(3)
+    table["score_max"] = scores.max().round(3)
+    return table

@@ -6,50 +6,66 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from iqs.data.images import ImageCache, UnreadableImage, read_rgb
+
 log = logging.getLogger(__name__)
-
-
-def read_rgb(path: str) -> np.ndarray | None:
-    """Decode an image file to an RGB uint8 array, or ``None`` when it cannot be decoded."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 class ManifestDataset(Dataset):
     """Rows of a manifest as ``{"image", "label", "score", "source"}`` samples.
 
     Columns are held as numpy arrays rather than a DataFrame so that worker processes share
-    them cheaply. An unreadable image yields ``None`` (skipped by :func:`collate_skip_none`) and a
-    warning naming the file, instead of stopping the run.
+    them cheaply. Images of the ``cached_sources`` (all sources when ``None``) are read through
+    ``cache`` when one is given. An unreadable image yields
+    ``None`` (skipped by :func:`collate_skip_none`) and a warning naming the file, instead of
+    stopping the run.
     """
 
-    def __init__(self, df: pd.DataFrame, source_names: Sequence[str], transform: Callable) -> None:
-        index = {name: i for i, name in enumerate(source_names)}
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        source_names: Sequence[str],
+        transform: Callable,
+        cache: ImageCache | None = None,
+        cached_sources: Sequence[str] | None = None,
+    ) -> None:
+        self.source_names = tuple(source_names)
+        index = {name: i for i, name in enumerate(self.source_names)}
         self.paths = df["path"].to_numpy(dtype=object)
+        self.image_ids = df["image_id"].to_numpy(dtype=object)
         self.labels = df["label"].to_numpy(dtype=np.int64)
         self.scores = df["score"].to_numpy(dtype=np.float32)
+        # Row -> index into source_names (the name is the cache folder, the index the label).
         self.sources = df["source"].map(index).to_numpy(dtype=np.int64)
         self.transform = transform
+        self.cache = cache
+        cached = set(self.source_names if cached_sources is None else cached_sources)
+        self.use_cache = np.array([cache is not None and n in cached for n in self.source_names])
+        self._warned: set[str] = set()  # per process: every worker holds its own copy
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def source_name(self, i: int) -> str:
+        return self.source_names[self.sources[i]]
+
     def __getitem__(self, i: int) -> dict[str, Any] | None:
-        rgb = read_rgb(self.paths[i])
-        if rgb is None:
-            log.warning("skipping unreadable image %s", self.paths[i])
+        path = self.paths[i]
+        try:
+            if self.use_cache[self.sources[i]]:
+                assert self.cache is not None
+                rgb = self.cache.read(path, self.source_name(i), self.image_ids[i])
+            else:
+                rgb = read_rgb(path)
+        except UnreadableImage as e:
+            if path not in self._warned:
+                self._warned.add(path)
+                log.warning("skipping %s", e)
             return None
         return {
             "image": self.transform(image=rgb)["image"],
@@ -68,5 +84,13 @@ def seed_worker(worker_id: int) -> None:
 
 
 def collate_skip_none(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Collate the readable samples; ``"skipped"`` counts the unreadable ones (``None``).
+
+    A batch of only unreadable samples is ``None``.
+    """
     kept = [b for b in batch if b is not None]
-    return default_collate(kept) if kept else None
+    if not kept:
+        return None
+    collated = default_collate(kept)
+    collated["skipped"] = torch.tensor(len(batch) - len(kept))
+    return collated

@@ -16,6 +16,8 @@ from iqs.data.labels import NUM_CLASSES
 from iqs.utils import atomic_write
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# A source's mark for "not test, carve validation from these" (AVA's official protocol).
+TRAINVAL = "trainval"
 
 # Column -> meaning. ``group`` is the identity a split is made by: a photo family, a reference
 # image, a source photograph; two rows with one group never sit in different splits.
@@ -24,7 +26,7 @@ COLUMNS: dict[str, str] = {
     "source": "name of the source that produced the row",
     "image_id": "identity of the image, '<family>:<id>'",
     "group": "split unit: rows sharing it always share a split",
-    "split": "train, val, test, or empty when the data module assigns it",
+    "split": "train, val, test; empty or trainval when the data module assigns it",
     "score": "normalised quality score in [0, 1], higher is better",
     "label": "class index: 0 rejected, 1 pending, 2 accepted",
     "histogram": "optional vote histogram, space-separated counts (empty when none)",
@@ -51,12 +53,13 @@ def validate(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame:
         raise ManifestError(f"{where}: label not in 0..{NUM_CLASSES - 1} in rows {_rows(bad)}")
     df["label"] = labels.astype(np.int64)
     df["split"] = df["split"].fillna("").astype(str)
-    bad = df.index[~df["split"].isin((*SPLITS, ""))]
+    bad = df.index[~df["split"].isin((*SPLITS, "", TRAINVAL))]
     if len(bad):
         raise ManifestError(f"{where}: split not in {SPLITS} in rows {_rows(bad)}")
-    dupes = df.index[df["image_id"].duplicated()]
+    # One image may come from two sources (AVA and EVA), but only once from each.
+    dupes = df.index[df.duplicated(["source", "image_id"])]
     if len(dupes):
-        raise ManifestError(f"{where}: duplicate image_id in rows {_rows(dupes)}")
+        raise ManifestError(f"{where}: duplicate image_id within a source in rows {_rows(dupes)}")
     df["histogram"] = df["histogram"].fillna("").astype(str)
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[list(COLUMNS) + extra].reset_index(drop=True)

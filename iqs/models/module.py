@@ -91,6 +91,16 @@ class IQSModule(pl.LightningModule):
             batch_size=len(batch["label"]),
             sync_dist=stage != "train",
         )
+        if "skipped" in batch:  # unreadable images dropped from this batch, summed per epoch
+            self.log(
+                f"{stage}/skipped_images",
+                batch["skipped"].float(),
+                on_step=False,
+                on_epoch=True,
+                reduce_fx="sum",
+                batch_size=1,
+                sync_dist=True,
+            )
         return loss
 
     def training_step(self, batch: Batch | None, batch_idx: int) -> Tensor | None:

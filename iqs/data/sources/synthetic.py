@@ -26,7 +26,7 @@ from hydra.utils import get_class
 from skimage.metrics import structural_similarity
 
 from iqs.data import manifest as mf
-from iqs.data.labels import ScoreEdges
+from iqs.data.labels import LabelRule
 from iqs.data.sources.base import Source, SourceError
 from iqs.utils import atomic_write, atomic_write_text
 
@@ -130,8 +130,9 @@ class SyntheticSource(Source):
         label_edges: Sequence[float] = (0.6, 0.85),
         clean_augment: Sequence[Mapping[str, Any]] = (),
         dead_leaves: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, **kwargs)
         self.seed = int(seed)
         self.photos_dir = Path(photos_dir).expanduser() if photos_dir else None
         self.photos = list(photos)
@@ -147,7 +148,8 @@ class SyntheticSource(Source):
         self.max_side = int(max_side)
         self.clean_fraction = float(clean_fraction)
         self.defects = {k: _plain(v) for k, v in (defects or {}).items()}
-        self.edges = ScoreEdges(label_edges)
+        self.label_edges = [float(e) for e in label_edges]
+        self.rule = LabelRule.from_edges(self.label_edges)
         self.clean_augment = [_plain(spec) for spec in clean_augment]
         # Built once; each use reseeds them, which is what a new Compose(seed=...) would do.
         self._defect_ops = {
@@ -183,7 +185,7 @@ class SyntheticSource(Source):
             rows.extend(self._generate(photo))
         rows.extend(self._generate_dead_leaves())
         df = pd.DataFrame(rows)
-        df["label"] = self.edges(df["score"].to_numpy())
+        df["label"] = self.rule(df["score"].to_numpy())
         df = mf.validate(df, where=f"{self.name} generator")
         atomic_write_text(self.cache / "settings.json", json.dumps(self._settings(), indent=2))
         mf.save(df, self.manifest_path)  # written last: its presence marks a complete cache
@@ -211,7 +213,7 @@ class SyntheticSource(Source):
             "max_side": self.max_side,
             "clean_fraction": self.clean_fraction,
             "defects": self.defects,
-            "label_edges": self.edges.edges,
+            "label_edges": self.label_edges,
             "clean_augment": self.clean_augment,
             "dead_leaves": self.dead_leaves,
         }

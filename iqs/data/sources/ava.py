@@ -1,0 +1,81 @@
+"""AVA: ~255,500 photos from dpchallenge.com, aesthetics, 1-10 vote counts per photo."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from iqs.data.sources.base import AnnotatedSource
+from iqs.data.sources.tables import join_counts, read_id_list, read_table
+
+_VOTES = [f"v{k}" for k in range(1, 11)]
+_COLUMNS = ["index", "id", *_VOTES, "tag1", "tag2", "challenge"]
+
+
+class AVA(AnnotatedSource):
+    """``AVA.txt`` (15 space-separated columns, no header) and the official test list.
+
+    The score is the mean vote, ``sum(k * count_k) / sum(count_k)``. The official protocol tests
+    on ``generic_test.jpgl`` and trains on every other id; those rows are marked ``trainval`` so
+    the data module carves the validation split from them.
+
+    Args:
+        test_list: accepted locations of ``generic_test.jpgl``, first found wins.
+        official_split: use it (else every row gets a seeded train/val/test split).
+    """
+
+    family = "ava"
+    score_range = (1.0, 10.0)
+    homepage = "https://github.com/imfing/ava_downloader (AVA: Murray et al., CVPR 2012)"
+    layout = "AVA.txt, aesthetics_image_lists/generic_test.jpgl, images/<id>.jpg"
+
+    def __init__(
+        self,
+        name: str = "ava",
+        annotations: str = "AVA.txt",
+        test_list: Sequence[str] = (
+            "aesthetics_image_lists/generic_test.jpgl",
+            "generic_test.jpgl",
+        ),
+        image_dir: str = "images",
+        official_split: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name, **kwargs)
+        self.annotations_file = annotations
+        self.test_list = [test_list] if isinstance(test_list, str) else list(test_list)
+        self.image_dir = image_dir
+        self.official_split = official_split
+
+    def test_ids(self) -> list[str]:
+        return read_id_list(self.first_file(self.test_list, "official test list"))
+
+    def annotations(self) -> pd.DataFrame:
+        path = self.file(self.annotations_file)
+        df = read_table(
+            path, _COLUMNS, numeric=_VOTES, delimiter=None, header=False, problems=self.problems
+        )
+        counts = df[_VOTES].to_numpy(np.float64)
+        total = counts.sum(axis=1)
+        empty = total <= 0
+        for line in df.loc[empty, "_line"]:
+            self.problems.append(f"{path}:{line}: no votes, left out")
+        df, counts, total = df.loc[~empty], counts[~empty], total[~empty]
+        mean = counts @ np.arange(1, 11, dtype=np.float64) / total
+        ids = df["id"].str.strip()
+        split: pd.Series | str = ""
+        if self.official_split:
+            test = set(self.test_ids())
+            split = pd.Series(np.where(ids.isin(test), "test", "trainval"))
+        return pd.DataFrame(
+            {
+                "id": ids.to_numpy(),
+                "file": (ids + ".jpg").to_numpy(),
+                "raw_score": mean,
+                "histogram": join_counts(df[_VOTES]).to_numpy(),
+                "split": split,
+            }
+        )
