@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.iqs-installed
 ARGS ?=
 
-.PHONY: install train test lint format sweep clean
+.PHONY: install train test lint format sweep bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -23,17 +23,22 @@ test: install
 	$(PY) -m pytest $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check iqs tests experiments
-	$(VENV)/bin/ruff format --check iqs tests experiments
+	$(VENV)/bin/ruff check iqs tests experiments benchmarks
+	$(VENV)/bin/ruff format --check iqs tests experiments benchmarks
 
 format: install
-	$(VENV)/bin/ruff check --fix iqs tests experiments
-	$(VENV)/bin/ruff format iqs tests experiments
+	$(VENV)/bin/ruff check --fix iqs tests experiments benchmarks
+	$(VENV)/bin/ruff format iqs tests experiments benchmarks
 
 # A small real sweep: two backbones x two learning rates, one epoch each.
 sweep: install
 	$(VENV)/bin/iqs-train -m model=mobilenetv3_small_100,resnet18 optimizer.lr=0.001,0.003 \
 		trainer.max_epochs=1 tags='[sweep]' $(ARGS)
+
+# Benchmarks: each prints ratios measured side by side in one run (see README, "Measured").
+bench: install
+	$(PY) benchmarks/bench_manifest.py
+	$(PY) benchmarks/bench_image_cache.py
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache wandb

@@ -209,7 +209,7 @@ def main(cfg: DictConfig) -> float | None:
         # The message names the file, row or folder and what to do: a traceback adds nothing.
         _finish_wandb(exit_code=1)
         log.error("%s", e)
-        raise SystemExit(f"iqs-train: {e}") from None
+        raise SystemExit(1) from None
     except BaseException:
         _finish_wandb(exit_code=1)
         raise

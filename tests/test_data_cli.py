@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -58,6 +60,19 @@ def test_check_of_a_missing_data_set_says_where_to_get_it(tmp_path, capsys):
     out = capsys.readouterr().out
     assert status == 1
     assert f"data set not found at {tmp_path / 'koniq10k'}" in out and "Download it from" in out
+
+
+@pytest.mark.slow
+def test_training_on_a_missing_data_set_stops_with_one_clear_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "iqs.train", "data=koniq10k", "logger=csv",
+         f"paths.data_dir={tmp_path}", f"paths.log_dir={tmp_path / 'logs'}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    out = proc.stdout + proc.stderr
+    assert f"data set not found at {tmp_path / 'koniq10k'}" in out and "Download it from" in out
+    assert "Traceback" not in out
 
 
 def test_summary_counts_rows_per_source_split_and_class(trees, capsys):

@@ -246,3 +246,33 @@ def test_every_source_config_instantiates():
         cfg = compose_group("data", name, "paths.root_dir=/tmp", "paths.output_dir=/tmp")
         (source,) = instantiate(cfg.sources, _convert_="partial").values()
         assert source.name == name and source.root.name == name
+
+
+def test_mix_switches_caps_and_sampling_weights(trees, tmp_path):
+    from iqs.data.datamodule import IQSDataModule
+
+    def mix(**folder_options):
+        return IQSDataModule(
+            {
+                "kadid10k": KADID10k(root=trees / "kadid10k", labels=DEFINITION.kadid10k,
+                                     max_samples=12),
+                "folder": Folder(root=trees / "folder", labels=STUDY.folder, **folder_options),
+                "clive": CLIVE(root=trees / "clive", labels=DEFINITION.clive, enabled=False),
+            },
+            image_size=32,
+            split_fractions={"train": 1.0, "val": 0.0, "test": 0.0},
+        )  # fmt: skip
+
+    dm = mix()
+    dm.setup()
+    assert dm.source_names == ["kadid10k", "folder"]  # clive switched off
+    assert dm.manifest["source"].value_counts().to_dict() == {"kadid10k": 12, "folder": 9}
+    assert dm._weighted_sampler("train") is None  # equal weights: plain shuffling
+
+    dm = mix(weight=4.0)
+    dm.setup()
+    sampler = dm._weighted_sampler("train")
+    sources = dm.manifest.loc[dm.manifest["split"] == "train", "source"].to_numpy()
+    draws = np.concatenate([sources[list(sampler)] for _ in range(50)])
+    share = (draws == "folder").mean()  # 9 rows x 4 against 12 rows x 1: 36 / 48
+    assert share == pytest.approx(0.75, abs=0.03)

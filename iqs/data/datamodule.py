@@ -160,7 +160,9 @@ class IQSDataModule(pl.LightningDataModule):
         self.setup()
         assert self.manifest is not None
         labels = self.manifest.loc[self.manifest["split"] == split, "label"]
-        return torch.bincount(torch.as_tensor(labels.to_numpy(copy=True)), minlength=len(CLASS_NAMES))
+        return torch.bincount(
+            torch.as_tensor(labels.to_numpy(copy=True)), minlength=len(CLASS_NAMES)
+        )
 
     def summary(self) -> pd.DataFrame:
         """Rows per source x split x class, with each cell's score range."""
