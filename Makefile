@@ -39,6 +39,8 @@ sweep: install
 bench: install
 	$(PY) benchmarks/bench_manifest.py
 	$(PY) benchmarks/bench_image_cache.py
+	$(PY) benchmarks/bench_predict.py
+	$(PY) benchmarks/bench_predict.py --backbone resnet18
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache wandb

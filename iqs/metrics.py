@@ -57,7 +57,10 @@ class QualityMetrics(nn.Module):
         self.class_names = list(class_names)
         self.overall = _collection(len(class_names))
         self.per_source = nn.ModuleList(_collection(len(class_names)) for _ in source_names)
-        self.register_buffer("counts", torch.zeros(len(source_names), dtype=torch.long))
+        # Not persistent: an accumulator, not a weight (checkpoints must not depend on the mix).
+        self.register_buffer(
+            "counts", torch.zeros(len(source_names), dtype=torch.long), persistent=False
+        )
 
     def update(
         self, pred_class: Tensor, pred_score: Tensor, label: Tensor, score: Tensor, source: Tensor
@@ -85,8 +88,11 @@ class QualityMetrics(nn.Module):
         out["srcc"] = torch.stack(per_source_srcc).mean() if per_source_srcc else out["srcc_pooled"]
         return out
 
-    def confusion_matrix(self) -> Tensor:
-        return self.overall["confmat"].compute()
+    def confusion_matrix(self, source: str | None = None) -> Tensor:
+        """The pooled matrix (rows: true class), or one source's."""
+        if source is None:
+            return self.overall["confmat"].compute()
+        return self.per_source[self.source_names.index(source)]["confmat"].compute()
 
     def reset(self) -> None:
         self.overall.reset()

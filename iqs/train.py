@@ -28,7 +28,7 @@ from iqs.data.datamodule import IQSDataModule
 from iqs.data.manifest import ManifestError
 from iqs.data.sources.base import SourceError
 from iqs.models.backbones import input_config
-from iqs.models.module import IQSModule
+from iqs.models.module import IQSModule, build_model
 from iqs.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,7 @@ def build(cfg: DictConfig) -> tuple[IQSDataModule, IQSModule]:
     datamodule: IQSDataModule = instantiate(
         cfg.data, image_size=inp.size, mean=inp.mean, std=inp.std, _convert_="partial"
     )
-    scheduler = cfg.get("scheduler")
-    model: IQSModule = instantiate(
-        cfg.model,
-        loss=instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(scheduler) if scheduler and "_target_" in scheduler else None,
-        source_names=datamodule.source_names,
-    )
+    model = build_model(cfg, datamodule.source_names)
     # Set after instantiation: Hydra would try to instantiate the _target_ keys inside it.
     model.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     return datamodule, model

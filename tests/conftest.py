@@ -94,6 +94,23 @@ def compose_train(
     return cfg
 
 
+def compose_eval(overrides: list[str], output_dir: Path, data_dir: Path) -> DictConfig:
+    """The `iqs-eval` config, with its run directory set."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="eval",
+            overrides=[f"paths.data_dir={data_dir}", *overrides],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
 def run_cli(
     args: list[str], log_dir: Path, data_dir: Path, check: bool = True
 ) -> subprocess.CompletedProcess:

@@ -230,3 +230,24 @@ def test_augmentation_is_reproducible(tmp_path, workers):
     first = images(7, 3)
     torch.testing.assert_close(images(7, 3), first, rtol=0, atol=0)
     assert not torch.equal(images(8, 4), first)  # other seeds: other order and flips
+
+
+@pytest.mark.parametrize("size", [299, 224, 64])
+def test_digikam_resize_feeds_the_model_what_the_exported_graph_sees(size):
+    """data.resize=digikam: 299 px nearest neighbour, then the graph's bilinear resize."""
+    import skimage.data
+    import torch.nn.functional as F
+
+    from iqs.data.transforms import eval_transform
+    from iqs.deploy import digikam_preprocess
+
+    rgb = skimage.data.astronaut()
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    got = eval_transform(size, mean, std, "digikam")(image=rgb)["image"][None]
+    x = torch.from_numpy(digikam_preprocess(rgb))[None]
+    if size != 299:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    want = ((x + 1) / 2 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert (got - want).abs().max() < 1e-3
+    area = eval_transform(size, mean, std, "area")(image=rgb)["image"][None]
+    assert (area - want).abs().max() > 1e-2  # the default differs: this test can tell them apart

@@ -38,6 +38,8 @@ class IQSDataModule(pl.LightningDataModule):
         train_scale, train_ratio, hflip: random resized crop and flip settings for training.
         cache: ``{dir, max_side, quality}`` of the resize cache that sources with ``cache: true``
             read through (``None``: off).
+        resize: ``area`` (the best downscale) or ``digikam`` (train and evaluate on what digiKam
+            feeds an exported model: 299 px nearest neighbour, then the model's size).
         labels: the label-rule preset (``conf/data/labels/``) the sources' rules come from;
             each source holds its own rule, this is kept for the record.
     """
@@ -61,6 +63,7 @@ class IQSDataModule(pl.LightningDataModule):
         hflip: bool = True,
         cache: Mapping[str, Any] | None = None,
         labels: Mapping[str, Any] | None = None,
+        resize: str = "area",
     ) -> None:
         super().__init__()
         sources = {name: src for name, src in sources.items() if src.enabled}
@@ -88,6 +91,7 @@ class IQSDataModule(pl.LightningDataModule):
             else None
         )
         self.label_presets = dict(labels or {})
+        self.resize = resize
         self.manifest: pd.DataFrame | None = None
         self.datasets: dict[str, ManifestDataset] = {}
 
@@ -135,8 +139,9 @@ class IQSDataModule(pl.LightningDataModule):
             self.train_ratio,
             self.hflip,
             seed=self.seed,
+            resize=self.resize,
         )
-        eval_tf = eval_transform(self.image_size, self.mean, self.std)
+        eval_tf = eval_transform(self.image_size, self.mean, self.std, self.resize)
         for split in mf.SPLITS:
             rows = self.manifest[self.manifest["split"] == split]
             tf = train_tf if split == "train" else eval_tf

@@ -15,6 +15,9 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
+RESIZES = ("area", "digikam")
+DIGIKAM_SIZE = 299  # digiKam resizes every photo to 299x299, nearest neighbour
+
 
 def train_transform(
     size: int,
@@ -24,24 +27,61 @@ def train_transform(
     ratio: Sequence[float] = (0.9, 1.1),
     hflip: bool = True,
     seed: int | None = None,
+    resize: str = "area",
 ) -> A.Compose:
-    """Random resized crop (mild by default: strong zoom would hide or invent blur) and flip."""
+    """Random resized crop (mild by default: strong zoom would hide or invent blur) and flip.
+
+    ``resize="digikam"`` crops to 299 px with nearest neighbour, as digiKam resizes, then
+    (bilinear, as the exported graph does) to ``size`` when that differs.
+    """
+    first = DIGIKAM_SIZE if resize == "digikam" else size
     ops: list[A.BasicTransform] = [
         A.RandomResizedCrop(
-            size=(size, size), scale=tuple(scale), ratio=tuple(ratio), interpolation=cv2.INTER_AREA
-        )
+            size=(first, first),
+            scale=tuple(scale),
+            ratio=tuple(ratio),
+            interpolation=_interpolation(resize),
+        ),
+        *_to_model_size(size, resize),
     ]
     if hflip:
         ops.append(A.HorizontalFlip(p=0.5))
-    ops += [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
+    ops += [_normalize(mean, std, resize), ToTensorV2()]
     return A.Compose(ops, seed=seed)
 
 
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> A.Compose:
+def eval_transform(
+    size: int, mean: Sequence[float], std: Sequence[float], resize: str = "area"
+) -> A.Compose:
+    """Deterministic resize of the whole photo: area interpolation (the best downscale), or
+    ``"digikam"``: exactly what digiKam feeds an exported model (see ``iqs.deploy``)."""
+    first = DIGIKAM_SIZE if resize == "digikam" else size
     return A.Compose(
         [
-            A.Resize(size, size, interpolation=cv2.INTER_AREA),
-            A.Normalize(mean=tuple(mean), std=tuple(std)),
+            A.Resize(first, first, interpolation=_interpolation(resize)),
+            *_to_model_size(size, resize),
+            _normalize(mean, std, resize),
             ToTensorV2(),
         ]
     )
+
+
+def _interpolation(resize: str) -> int:
+    if resize not in RESIZES:
+        raise ValueError(f"data.resize must be one of {RESIZES}, got {resize!r}")
+    return cv2.INTER_NEAREST_EXACT if resize == "digikam" else cv2.INTER_AREA
+
+
+def _to_model_size(size: int, resize: str) -> list[A.BasicTransform]:
+    """digiKam mode continues in float, as the exported graph does after its [-1, 1] input."""
+    if resize != "digikam":
+        return []
+    ops: list[A.BasicTransform] = [A.ToFloat(max_value=255.0)]
+    if size != DIGIKAM_SIZE:
+        ops.append(A.Resize(size, size, interpolation=cv2.INTER_LINEAR))
+    return ops
+
+
+def _normalize(mean: Sequence[float], std: Sequence[float], resize: str) -> A.Normalize:
+    scale = 1.0 if resize == "digikam" else 255.0  # already in [0, 1] after ToFloat
+    return A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=scale)

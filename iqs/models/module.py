@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor, nn
 from torchmetrics import MaxMetric
@@ -112,6 +115,10 @@ class IQSModule(pl.LightningModule):
     def test_step(self, batch: Batch | None, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def predict_probs(self, x: Tensor) -> Tensor:
+        """Class probabilities (N x 3) of normalised images."""
+        return self.loss.class_logits(self(x)).float().softmax(dim=1)
+
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         outputs = self(batch["image"])
         return {
@@ -176,3 +183,47 @@ class IQSModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["iqs_config"] = self.run_config
+        checkpoint["iqs_sources"] = self.source_names
+
+
+def build_model(cfg: DictConfig, source_names: Sequence[str]) -> IQSModule:
+    """The model of a run configuration (``model``, ``loss``, ``optimizer``, ``scheduler``)."""
+    scheduler = cfg.get("scheduler")
+    return instantiate(
+        cfg.model,
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(scheduler) if scheduler and "_target_" in scheduler else None,
+        source_names=list(source_names),
+    )
+
+
+class CheckpointError(RuntimeError):
+    """A file that is not an iqs checkpoint, or one that cannot be rebuilt."""
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[IQSModule, DictConfig]:
+    """Rebuild a trained model from a checkpoint alone (its stored run config + weights).
+
+    Loaded with ``weights_only=True``: a checkpoint holds plain data, so a tampered file cannot
+    run code. No pretrained weights are fetched: the checkpoint's own weights replace them.
+    """
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except Exception as e:  # unpickling raises many types for a foreign or damaged file
+        raise CheckpointError(f"{path} is not a readable checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or "iqs_config" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not an iqs checkpoint (no iqs_config / state_dict)")
+    cfg = OmegaConf.create(ckpt["iqs_config"])
+    cfg.model.backbone.pretrained = False
+    cfg.model.backbone.weights = None
+    model = build_model(cfg, ckpt.get("iqs_sources") or list(cfg.data.sources))
+    # Metric accumulators are not weights (older checkpoints stored one per source).
+    state = {k: v for k, v in ckpt["state_dict"].items() if not k.endswith("_metrics.counts")}
+    model.load_state_dict(state)
+    model.run_config = ckpt["iqs_config"]
+    return model.eval(), cfg

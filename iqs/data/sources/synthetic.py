@@ -44,7 +44,7 @@ class Photo:
     rgb: np.ndarray
 
 
-def _builtin_loaders() -> dict[str, Any]:
+def builtin_photo_loaders() -> dict[str, Any]:
     """Clean natural colour photographs that ship inside installed packages (no download)."""
     import matplotlib.cbook
     import skimage.data
@@ -244,7 +244,7 @@ class SyntheticSource(Source):
 
     def _load_photos(self) -> list[Photo]:
         if self.photos_dir is None:
-            loaders = _builtin_loaders()
+            loaders = builtin_photo_loaders()
             photos = []
             for name in self.photos:
                 rgb = self._fit(np.ascontiguousarray(loaders[name]()[..., :3]))
