@@ -148,7 +148,7 @@ def _metrics(rows: pd.DataFrame, source_names: list[str], prefix: str) -> dict[s
     metrics.update(
         torch.as_tensor(rows[f"{prefix}_label"].to_numpy(np.int64)),
         torch.as_tensor(rows[f"{prefix}_score"].to_numpy(np.float32)),
-        torch.as_tensor(rows["label"].to_numpy(np.int64)),
+        torch.as_tensor(rows["label"].to_numpy(np.int64, copy=True)),
         torch.as_tensor(rows["score"].to_numpy(np.float32)),
         torch.as_tensor(rows["source"].map(index).to_numpy(np.int64)),
     )
