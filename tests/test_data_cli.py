@@ -122,3 +122,18 @@ def test_one_step_on_the_combined_mix(trees, damaged, tmp_path, data_dir):
     )
     assert skipped == 2  # 00002.jpg (empty) and 00003.jpg (truncated)
     assert len(list((tmp_path / "cache" / "koniq10k" / "512px").glob("*.jpg"))) == 24
+
+
+@pytest.mark.slow
+def test_study_experiment_runs_a_fast_dev_run_on_cpu(trees, tmp_path, data_dir):
+    """The study's preset on its four data sets (tiny trees); no network: pretrained=false."""
+    overrides = [
+        "experiment=study_inceptionv3", "debug=fdr", "model.backbone.pretrained=false",
+        "data.batch_size=4", "data.eval_batch_size=4", f"data.cache.dir={tmp_path / 'cache'}",
+        *roots(trees),
+    ]  # fmt: skip
+    cfg = compose_train(overrides, tmp_path / "run", data_dir, tiny=["data.num_workers=0"])
+    assert cfg.model.backbone.name == "inception_v3" and cfg.data.train_crop_from == 320
+    assert cfg.callbacks.two_stage.unfreeze_at_epoch == 3 and cfg.data.image_size == 299
+    train(cfg)
+    assert (tmp_path / "run" / "test_metrics.json").is_file()

@@ -163,3 +163,58 @@ def test_two_stage_finetuning_freezes_then_unfreezes(tmp_path, data_dir):
     frozen, head, lrs = seen[1]
     assert not frozen and head and lrs == [1e-5, 5e-6]  # head group, then the backbone group
     assert seen[2][2] == [1e-5, 5e-6]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["scheduler=plateau"],
+        ["scheduler=warmup_cosine"],
+        ["model.channels_last=true", "trainer.accumulate_grad_batches=2",
+         "trainer.precision=bf16-mixed"],
+    ],
+    ids=["plateau", "warmup_cosine", "channels_last+accumulate+bf16"],
+)  # fmt: skip
+def test_optimisation_and_speed_options_train(tmp_path, data_dir, options):
+    cfg = compose_train(
+        ["trainer.max_epochs=2", "logger=csv", *options], tmp_path / "run", data_dir
+    )
+    train(cfg)
+    lrs = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv").filter(like="lr").dropna(how="all")
+    assert len(lrs) >= 2  # the learning rate was logged every epoch
+
+
+def test_schedulers_follow_their_definition():
+    from iqs.models.schedulers import warmup_cosine
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, warmup_epochs=2, max_epochs=6, start_factor=0.1)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[1] == pytest.approx(0.55)
+    assert lrs[2] == pytest.approx(1.0) and lrs[2] > lrs[3] > lrs[4] > lrs[5] > 0
+
+
+def test_plateau_scheduler_watches_the_optimized_metric(tmp_path, data_dir):
+    from iqs.models.module import build_model
+
+    overrides = ["scheduler=plateau", "optimized_metric=val/f1_macro"]
+    model = build_model(compose_train(overrides, tmp_path, data_dir), ["synthetic"])
+    config = model.configure_optimizers()
+    assert config["lr_scheduler"]["monitor"] == "val/f1_macro"
+    assert config["lr_scheduler"]["scheduler"].mode == "max"
+
+
+def test_compile_option_compiles_the_backbone_in_place(tmp_path, data_dir):
+    """Wiring only: a compiled fast_dev_run takes minutes on CPU (checked by hand: it runs)."""
+    from iqs.models.module import build_model
+
+    model = build_model(compose_train(["model.compile=true"], tmp_path, data_dir), ["synthetic"])
+    keys = set(model.state_dict())
+    assert model.backbone._compiled_call_impl is None
+    model.configure_model()
+    assert model.backbone._compiled_call_impl is not None
+    assert set(model.state_dict()) == keys  # checkpoints keep their keys

@@ -40,6 +40,8 @@ class IQSDataModule(pl.LightningDataModule):
             read through (``None``: off).
         resize: ``area`` (the best downscale) or ``digikam`` (train and evaluate on what digiKam
             feeds an exported model: 299 px nearest neighbour, then the model's size).
+        train_crop_from: resize training photos to this square side, then random-crop
+            ``image_size`` (the study: 320 -> 299) instead of a random resized crop.
         labels: the label-rule preset (``conf/data/labels/``) the sources' rules come from;
             each source holds its own rule, this is kept for the record.
     """
@@ -64,6 +66,7 @@ class IQSDataModule(pl.LightningDataModule):
         cache: Mapping[str, Any] | None = None,
         labels: Mapping[str, Any] | None = None,
         resize: str = "area",
+        train_crop_from: int | None = None,
     ) -> None:
         super().__init__()
         sources = {name: src for name, src in sources.items() if src.enabled}
@@ -92,6 +95,7 @@ class IQSDataModule(pl.LightningDataModule):
         )
         self.label_presets = dict(labels or {})
         self.resize = resize
+        self.train_crop_from = train_crop_from
         self.manifest: pd.DataFrame | None = None
         self.datasets: dict[str, ManifestDataset] = {}
 
@@ -140,6 +144,7 @@ class IQSDataModule(pl.LightningDataModule):
             self.hflip,
             seed=self.seed,
             resize=self.resize,
+            crop_from=self.train_crop_from,
         )
         eval_tf = eval_transform(self.image_size, self.mean, self.std, self.resize)
         for split in mf.SPLITS:

@@ -28,22 +28,30 @@ def train_transform(
     hflip: bool = True,
     seed: int | None = None,
     resize: str = "area",
+    crop_from: int | None = None,
 ) -> A.Compose:
-    """Random resized crop (mild by default: strong zoom would hide or invent blur) and flip.
+    """Random resized crop (mild by default: strong zoom would hide or invent blur) and flip;
+    with ``crop_from``, a resize to that square side and a random crop instead (the study's).
 
     ``resize="digikam"`` crops to 299 px with nearest neighbour, as digiKam resizes, then
     (bilinear, as the exported graph does) to ``size`` when that differs.
     """
     first = DIGIKAM_SIZE if resize == "digikam" else size
-    ops: list[A.BasicTransform] = [
-        A.RandomResizedCrop(
-            size=(first, first),
-            scale=tuple(scale),
-            ratio=tuple(ratio),
-            interpolation=_interpolation(resize),
-        ),
-        *_to_model_size(size, resize),
-    ]
+    if crop_from is not None:  # the study's: resize to 320 x 320, random crop 299
+        crop: list[A.BasicTransform] = [
+            A.Resize(crop_from, crop_from, interpolation=_interpolation(resize)),
+            A.RandomCrop(first, first),
+        ]
+    else:
+        crop = [
+            A.RandomResizedCrop(
+                size=(first, first),
+                scale=tuple(scale),
+                ratio=tuple(ratio),
+                interpolation=_interpolation(resize),
+            )
+        ]
+    ops: list[A.BasicTransform] = [*crop, *_to_model_size(size, resize)]
     if hflip:
         ops.append(A.HorizontalFlip(p=0.5))
     ops += [_normalize(mean, std, resize), ToTensorV2()]

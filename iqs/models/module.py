@@ -33,6 +33,10 @@ class IQSModule(pl.LightningModule):
         source_names: names of the data sources, for per-source metrics.
         run_config: the run's resolved configuration, stored in every checkpoint so that a model can
             be rebuilt from its state dict and config alone.
+        monitor: the metric a plateau scheduler watches (the run's ``optimized_metric``).
+        channels_last: NHWC memory layout for backbone and inputs (faster convolutions on
+            recent GPUs with mixed precision).
+        compile: ``torch.compile`` the backbone (in place: checkpoint keys do not change).
     """
 
     def __init__(
@@ -44,6 +48,9 @@ class IQSModule(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         source_names: Sequence[str] = ("synthetic",),
         run_config: dict[str, Any] | None = None,
+        monitor: str = "val/srcc",
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -55,6 +62,11 @@ class IQSModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.source_names = list(source_names)
         self.run_config = run_config
+        self.monitor = monitor
+        self.channels_last = channels_last
+        self.compile_backbone = compile
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         self.train_metrics = QualityMetrics(self.source_names)
         self.val_metrics = QualityMetrics(self.source_names)
         self.test_metrics = QualityMetrics(self.source_names)
@@ -69,7 +81,14 @@ class IQSModule(pl.LightningModule):
     def stage_metrics(self, stage: str) -> QualityMetrics:
         return getattr(self, f"{stage}_metrics")
 
+    def configure_model(self) -> None:
+        if self.compile_backbone and not getattr(self, "_backbone_compiled", False):
+            self.backbone.compile()
+            self._backbone_compiled = True
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(x))
 
     # -- steps --------------------------------------------------------------------------------
@@ -175,10 +194,10 @@ class IQSModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+        config = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
@@ -221,6 +240,8 @@ def load_checkpoint(
     cfg = OmegaConf.create(ckpt["iqs_config"])
     cfg.model.backbone.pretrained = False
     cfg.model.backbone.weights = None
+    if "compile" in cfg.model:
+        cfg.model.compile = False  # inference and export trace the plain module
     model = build_model(cfg, ckpt.get("iqs_sources") or list(cfg.data.sources))
     # Metric accumulators are not weights (older checkpoints stored one per source).
     state = {k: v for k, v in ckpt["state_dict"].items() if not k.endswith("_metrics.counts")}
