@@ -73,7 +73,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         cfg.seed = run_cfg.seed
     data_cfg = cfg.data if cfg.get("data") else run_cfg.data
     data_cfg = OmegaConf.merge(data_cfg, {"manifest_path": None, "num_workers": 0})
-    inp = input_config(run_cfg.model.backbone.name, run_cfg.data.get("image_size"))
+    inp = input_config(run_cfg.model.backbone, run_cfg.data.get("image_size"))
     dm: IQSDataModule = instantiate(
         data_cfg, image_size=inp.size, mean=inp.mean, std=inp.std, _convert_="partial"
     )

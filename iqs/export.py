@@ -48,7 +48,7 @@ class ExportError(RuntimeError):
 def deployed_model(ckpt: str | os.PathLike) -> tuple[DeployedModel, dict[str, Any]]:
     """The checkpoint wrapped to digiKam's contract, and its run config."""
     model, cfg = load_checkpoint(ckpt)
-    inp = input_config(cfg.model.backbone.name, cfg.data.get("image_size"))
+    inp = input_config(cfg.model.backbone, cfg.data.get("image_size"))
     return DeployedModel(model, inp.size, inp.mean, inp.std).eval(), model.run_config or {}
 
 

@@ -96,7 +96,7 @@ def load_predictor(model_path: str | os.PathLike, preprocess: str) -> tuple[Prep
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return digikam_preprocess, lambda x: session.run(None, {"input": x})[0]
     model, cfg = load_checkpoint(path)
-    inp = input_config(cfg.model.backbone.name, cfg.data.get("image_size"))
+    inp = input_config(cfg.model.backbone, cfg.data.get("image_size"))
     if preprocess == "digikam":
         deployed = DeployedModel(model, inp.size, inp.mean, inp.std).eval()
         prep: Preprocess = digikam_preprocess

@@ -23,12 +23,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from iqs.callbacks import CheckpointSaveError, DivergenceError
 from iqs.data.datamodule import IQSDataModule
 from iqs.data.manifest import ManifestError
 from iqs.data.sources.base import SourceError
 from iqs.models.backbones import input_config
-from iqs.models.module import IQSModule, build_model
+from iqs.models.module import CheckpointError, IQSModule, build_model, read_checkpoint
 from iqs.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ SUMMARY_METRICS = {
 
 def build(cfg: DictConfig) -> tuple[IQSDataModule, IQSModule]:
     """The data module and model of a configuration (no trainer, no loggers)."""
-    inp = input_config(cfg.model.backbone.name, cfg.data.get("image_size"))
+    inp = input_config(cfg.model.backbone, cfg.data.get("image_size"))
     datamodule: IQSDataModule = instantiate(
         cfg.data, image_size=inp.size, mean=inp.mean, std=inp.std, _convert_="partial"
     )
@@ -143,15 +145,17 @@ def train(cfg: DictConfig) -> float | None:
         logger.log_hyperparams(model.run_config)  # type: ignore[arg-type]
     _define_wandb_summaries(loggers)
 
+    if cfg.get("ckpt_path"):
+        read_checkpoint(cfg.ckpt_path)  # a damaged or foreign file fails here, clearly
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
 
     best = _best_checkpoint(trainer)
     if cfg.get("test", True):
         ckpt = best if best else (None if cfg.get("train", True) else cfg.get("ckpt_path"))
         if best is None and cfg.get("train", True):
             log.warning("no best checkpoint (checkpointing off?): testing the current weights")
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         _write_results(cfg, results[0] if results else {}, model, ckpt)
 
     return _metric_value(trainer, cfg.get("optimized_metric"))
@@ -198,11 +202,14 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def main(cfg: DictConfig) -> float | None:
     try:
         value = train(cfg)
-    except (SourceError, ManifestError) as e:
-        # The message names the file, row or folder and what to do: a traceback adds nothing.
+    except (SourceError, ManifestError, CheckpointError, CheckpointSaveError, DivergenceError) as e:
+        # The message names the file, row or step and what to do: a traceback adds nothing.
         _finish_wandb(exit_code=1)
         log.error("%s", e)
         raise SystemExit(1) from None
+    except SIGTERMException:
+        _finish_wandb(exit_code=143)
+        raise SystemExit(143) from None
     except BaseException:
         _finish_wandb(exit_code=1)
         raise

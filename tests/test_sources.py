@@ -267,12 +267,16 @@ def test_mix_switches_caps_and_sampling_weights(trees, tmp_path):
     dm.setup()
     assert dm.source_names == ["kadid10k", "folder"]  # clive switched off
     assert dm.manifest["source"].value_counts().to_dict() == {"kadid10k": 12, "folder": 9}
-    assert dm._weighted_sampler("train") is None  # equal weights: plain shuffling
+    assert dm._train_sampler("train").weights is None  # equal weights: a plain permutation
 
     dm = mix(weight=4.0)
     dm.setup()
-    sampler = dm._weighted_sampler("train")
+    sampler = dm._train_sampler("train")
     sources = dm.manifest.loc[dm.manifest["split"] == "train", "source"].to_numpy()
-    draws = np.concatenate([sources[list(sampler)] for _ in range(50)])
+    draws = []
+    for epoch in range(50):
+        sampler.set_epoch(epoch)
+        draws += [sources[i] for i, _ in sampler]
+    draws = np.array(draws)
     share = (draws == "folder").mean()  # 9 rows x 4 against 12 rows x 1: 36 / 48
     assert share == pytest.approx(0.75, abs=0.03)

@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from iqs.data import manifest as mf
-from iqs.data.dataset import ManifestDataset, collate_skip_none, seed_worker
+from iqs.data.dataset import EpochSampler, ManifestDataset, collate_skip_none, seed_worker
 from iqs.data.images import ImageCache
 from iqs.data.labels import CLASS_NAMES
 from iqs.data.sources.base import Source
@@ -151,7 +151,7 @@ class IQSDataModule(pl.LightningDataModule):
             rows = self.manifest[self.manifest["split"] == split]
             tf = train_tf if split == "train" else eval_tf
             self.datasets[split] = ManifestDataset(
-                rows, self.source_names, tf, self.image_cache, self.cached_sources
+                rows, self.source_names, tf, self.image_cache, self.cached_sources, self.seed
             )
 
     @staticmethod
@@ -192,34 +192,36 @@ class IQSDataModule(pl.LightningDataModule):
         dataset = self.datasets[split]
         if len(dataset) == 0:
             raise ValueError(f"the {split} split is empty: check data.split_fractions and sources")
-        sampler = self._weighted_sampler(split) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
+            sampler=self._train_sampler(split) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             collate_fn=collate_skip_none,
             worker_init_fn=seed_worker if self.num_workers > 0 else None,
             drop_last=False,
+            # Its own generator: making an iterator (which Lightning does at different moments on
+            # a fresh and on a resumed run) must not draw from the global one dropout uses.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
-    def _weighted_sampler(self, split: str) -> WeightedRandomSampler | None:
-        """Draws rows by their source's ``weight``; ``None`` (plain shuffling) when all are 1."""
-        weights = {name: src.weight for name, src in self.sources.items()}
-        if all(w == 1.0 for w in weights.values()):
-            return None
+    def _train_sampler(self, split: str) -> EpochSampler:
+        """Seeded per epoch; rows drawn by their source's ``weight`` unless all weights are 1."""
         assert self.manifest is not None
+        weights = {name: src.weight for name, src in self.sources.items()}
         rows = self.manifest.loc[self.manifest["split"] == split, "source"].map(weights)
-        generator = torch.Generator().manual_seed(self.seed)
-        return WeightedRandomSampler(
-            torch.as_tensor(rows.to_numpy(), dtype=torch.double),
-            num_samples=len(rows),
-            replacement=True,
-            generator=generator,
+        sampler = EpochSampler(
+            len(rows),
+            self.seed,
+            None if all(w == 1.0 for w in weights.values()) else rows.to_numpy(),
         )
+        # The loader is made once per fit, before Lightning first sets the epoch: a resumed
+        # run must start from the epoch it resumes at.
+        trainer = getattr(self, "trainer", None)
+        sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
+        return sampler
 
     def _is_global_zero(self) -> bool:
         trainer = getattr(self, "trainer", None)

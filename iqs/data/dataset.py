@@ -1,15 +1,22 @@
-"""A map-style dataset over manifest rows, and a collate function that drops unreadable images."""
+"""A map-style dataset over manifest rows, its training sampler, and a collate function that
+drops unreadable images.
+
+Training randomness is a pure function of (seed, epoch, row): :class:`EpochSampler` draws each
+epoch's order from ``seed`` and the epoch and hands the epoch to the dataset with every index,
+which seeds that sample's augmentation from them. So a run resumed from a checkpoint sees the
+same batches and crops as one never interrupted, whatever the number of loader workers.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from iqs.data.images import ImageCache, UnreadableImage, read_rgb
 
@@ -33,6 +40,7 @@ class ManifestDataset(Dataset):
         transform: Callable,
         cache: ImageCache | None = None,
         cached_sources: Sequence[str] | None = None,
+        seed: int = 0,
     ) -> None:
         self.source_names = tuple(source_names)
         index = {name: i for i, name in enumerate(self.source_names)}
@@ -46,6 +54,7 @@ class ManifestDataset(Dataset):
         self.cache = cache
         cached = set(self.source_names if cached_sources is None else cached_sources)
         self.use_cache = np.array([cache is not None and n in cached for n in self.source_names])
+        self.seed = int(seed)
         self._warned: set[str] = set()  # per process: every worker holds its own copy
 
     def __len__(self) -> int:
@@ -54,7 +63,11 @@ class ManifestDataset(Dataset):
     def source_name(self, i: int) -> str:
         return self.source_names[self.sources[i]]
 
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any] | None:
+        """``index`` is a row, or ``(row, epoch)`` from :class:`EpochSampler`."""
+        i, epoch = index if isinstance(index, tuple) else (index, None)
+        if epoch is not None and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(_mix(self.seed, epoch, i))
         path = self.paths[i]
         try:
             if self.use_cache[self.sources[i]]:
@@ -73,6 +86,39 @@ class ManifestDataset(Dataset):
             "score": torch.tensor(self.scores[i]),
             "source": torch.tensor(self.sources[i]),
         }
+
+
+class EpochSampler(Sampler):
+    """Each epoch a seeded order of the rows (a permutation, or draws with replacement by
+    ``weights``), as ``(row, epoch)`` pairs. Lightning calls :meth:`set_epoch`."""
+
+    def __init__(self, n: int, seed: int, weights: Sequence[float] | None = None) -> None:
+        self.n = int(n)
+        self.seed = int(seed)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        # A generator: the order is drawn at the first ``next``, after Lightning's set_epoch.
+        epoch = self.epoch
+        generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
+        for i in order.tolist():
+            yield i, epoch
+
+
+def _mix(*values: int) -> int:
+    """A 32-bit seed from several integers (numpy's SeedSequence mixes them well)."""
+    return int(np.random.SeedSequence([v % 2**32 for v in values]).generate_state(1)[0])
 
 
 def seed_worker(worker_id: int) -> None:

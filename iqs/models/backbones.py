@@ -1,8 +1,13 @@
-"""Backbones come from timm's registry; weights from the hub or from a local file."""
+"""Backbones come from timm's registry; weights from the hub or from a local file.
+
+A backbone config that is not timm's (``model=classic``) states its own input side and
+normalisation (``input_size``, ``mean``, ``std``); ``input_config`` reads them from it.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,12 +59,28 @@ def create_backbone(
         ) from err
 
 
-def input_config(name: str, size: int | None = None) -> InputConfig:
-    """Input side and normalisation from the backbone's pretrained config; ``size`` overrides
-    the side (e.g. smaller inputs for CPU training)."""
-    cfg = timm.get_pretrained_cfg(name)
+def input_config(backbone: str | Mapping[str, Any], size: int | None = None) -> InputConfig:
+    """Input side and normalisation of a backbone; ``size`` overrides the side (e.g. smaller
+    inputs for CPU training).
+
+    ``backbone`` is a timm name, or a backbone config (``cfg.model.backbone``): one that sets its
+    own ``mean`` and ``std`` (and ``input_size``) is taken as is, else its ``name`` is looked up
+    in timm's pretrained configs.
+    """
+    if isinstance(backbone, Mapping):
+        if backbone.get("mean") is not None and backbone.get("std") is not None:
+            side = size or backbone.get("input_size")
+            if not side:
+                raise BackboneError("a backbone config with mean/std also needs input_size")
+            return InputConfig(
+                size=int(side),
+                mean=tuple(float(m) for m in backbone["mean"]),  # type: ignore[arg-type]
+                std=tuple(float(s) for s in backbone["std"]),  # type: ignore[arg-type]
+            )
+        backbone = str(backbone["name"])
+    cfg = timm.get_pretrained_cfg(backbone)
     if cfg is None:
-        raise BackboneError(f"timm has no pretrained config for {name!r}")
+        raise BackboneError(f"timm has no pretrained config for {backbone!r}")
     return InputConfig(
         size=int(size) if size else int(cfg.input_size[-1]),
         mean=tuple(float(m) for m in cfg.mean),  # type: ignore[arg-type]

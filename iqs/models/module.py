@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,6 +72,8 @@ class IQSModule(pl.LightningModule):
         self.val_metrics = QualityMetrics(self.source_names)
         self.test_metrics = QualityMetrics(self.source_names)
         self.val_best = nn.ModuleDict({k: MaxMetric() for k in ("srcc", "f1_macro")})
+        for best in self.val_best.values():
+            best.persistent(True)  # a resumed run keeps its best-so-far values
         self.confusion_matrices: dict[str, list[list[int]]] = {}
 
     def setup(self, stage: str) -> None:
@@ -221,30 +224,50 @@ class CheckpointError(RuntimeError):
     """A file that is not an iqs checkpoint, or one that cannot be rebuilt."""
 
 
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """The checkpoint's contents, loaded with ``weights_only=True``: plain data only, so a file
+    from an unknown source cannot run code. Errors name the file and what is wrong with it."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds pickled objects, not just weights and plain data; refused, as loading "
+            f"it could run code. Only load checkpoints made by iqs. ({str(e).splitlines()[0]})"
+        ) from e
+    except Exception as e:  # a truncated or foreign file raises many types
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (damaged or truncated?): {e}"
+        ) from e
+    if not isinstance(ckpt, dict) or "iqs_config" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not an iqs checkpoint (no iqs_config / state_dict)")
+    return ckpt
+
+
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[IQSModule, DictConfig]:
     """Rebuild a trained model from a checkpoint alone (its stored run config + weights).
 
-    Loaded with ``weights_only=True``: a checkpoint holds plain data, so a tampered file cannot
-    run code. No pretrained weights are fetched: the checkpoint's own weights replace them.
+    No pretrained weights are fetched: the checkpoint's own weights replace them.
     """
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint at {path}") from None
-    except Exception as e:  # unpickling raises many types for a foreign or damaged file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({e})") from e
-    if not isinstance(ckpt, dict) or "iqs_config" not in ckpt or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not an iqs checkpoint (no iqs_config / state_dict)")
+    ckpt = read_checkpoint(path, map_location)
     cfg = OmegaConf.create(ckpt["iqs_config"])
     cfg.model.backbone.pretrained = False
     cfg.model.backbone.weights = None
     if "compile" in cfg.model:
         cfg.model.compile = False  # inference and export trace the plain module
     model = build_model(cfg, ckpt.get("iqs_sources") or list(cfg.data.sources))
-    # Metric accumulators are not weights (older checkpoints stored one per source).
+    # Metric accumulators are not weights (older checkpoints stored one per source, and no
+    # best-so-far values).
     state = {k: v for k, v in ckpt["state_dict"].items() if not k.endswith("_metrics.counts")}
-    model.load_state_dict(state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("val_best.")]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit its own config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
     model.run_config = ckpt["iqs_config"]
     return model.eval(), cfg
