@@ -12,6 +12,7 @@ import logging
 import math
 import netrc
 import os
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -115,6 +116,13 @@ def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
     ]
 
 
+def _choices() -> dict[str, str]:
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {k: str(v) for k, v in choices.items() if not k.startswith("hydra") and v is not None}
+
+
 def _define_wandb_summaries(loggers: list[Logger]) -> None:
     for logger in loggers:
         if isinstance(logger, WandbLogger):
@@ -141,8 +149,11 @@ def train(cfg: DictConfig) -> float | None:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_callbacks(cfg), logger=loggers or False
     )
+    # The resolved config, plus the group choices (model=resnet18, loss=emd, data=combined) as
+    # top-level keys: what a sweep's dashboard is sliced by.
+    params = {**(model.run_config or {}), "choices": _choices()}
     for logger in loggers:
-        logger.log_hyperparams(model.run_config)  # type: ignore[arg-type]
+        logger.log_hyperparams(params)
     _define_wandb_summaries(loggers)
 
     if cfg.get("ckpt_path"):
@@ -198,22 +209,43 @@ def _write_results(
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
+def _write_status(cfg: DictConfig, status: str, started: float, **extra: object) -> None:
+    """``status.json`` in the run directory: running, completed or failed (with the error),
+    and the wall time, so that `iqs-compare` can list failed jobs of a sweep."""
+    path = Path(cfg.paths.output_dir) / "status.json"
+    record = {"status": status, "started": started, "wall_time_s": time.time() - started, **extra}
+    atomic_write_text(path, json.dumps(record, indent=2, default=str))
+
+
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    started = time.time()
+    _write_status(cfg, "running", started)
     try:
         value = train(cfg)
     except (SourceError, ManifestError, CheckpointError, CheckpointSaveError, DivergenceError) as e:
         # The message names the file, row or step and what to do: a traceback adds nothing.
         _finish_wandb(exit_code=1)
+        _write_status(cfg, "failed", started, error=f"{type(e).__name__}: {e}")
         log.error("%s", e)
+        if _multirun():
+            raise  # Hydra records the failed job and runs the others
         raise SystemExit(1) from None
     except SIGTERMException:
         _finish_wandb(exit_code=143)
+        _write_status(cfg, "interrupted", started)
         raise SystemExit(143) from None
-    except BaseException:
+    except BaseException as e:
         _finish_wandb(exit_code=1)
+        _write_status(cfg, "failed", started, error=f"{type(e).__name__}: {e}")
         raise
     _finish_wandb(exit_code=0)
+    _write_status(cfg, "completed", started, optimized_metric=cfg.get("optimized_metric"),
+                  value=value)  # fmt: skip
     return value
 
 

@@ -66,7 +66,7 @@ def test_wandb_offline_run_holds_metrics_and_config(tmp_path, data_dir):
 
 def test_two_job_multirun(tmp_path, data_dir):
     proc = run_cli(
-        ["-m", "model=mobilenetv3_small_100,resnet18", "trainer.max_epochs=1"],
+        ["-m", "model=mobilenetv3_small_100,resnet18", "trainer.max_epochs=1", "tags=[sweep_a]"],
         tmp_path,
         data_dir,
     )
@@ -83,6 +83,12 @@ def test_two_job_multirun(tmp_path, data_dir):
         assert f"model={backbone}" in run.name.split(",")
         assert "paths." not in run.name
         assert run.exit_code == 0
+        assert run.tags == ["sweep_a"]
+        assert run.config["choices"]["model"] == backbone  # sliceable by group choice
+        assert run.config["choices"]["loss"] == "cross_entropy"
+        assert {"val/srcc", "val/f1_macro"} <= set(run.summary)
+        # the table of sample predictions (W&B stores a table as a file reference)
+        assert any(k.startswith("val/samples/") for k in run.history_keys)
         groups.add(run.group)
     assert len(groups) == 1 and groups.pop().startswith("sweep-")
 

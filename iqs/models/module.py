@@ -20,6 +20,7 @@ from iqs.metrics import QualityMetrics
 from iqs.models.losses import QualityLoss
 
 Batch = dict[str, Tensor]
+SAMPLES_LOGGED = 16
 
 
 class IQSModule(pl.LightningModule):
@@ -75,6 +76,8 @@ class IQSModule(pl.LightningModule):
         for best in self.val_best.values():
             best.persistent(True)  # a resumed run keeps its best-so-far values
         self.confusion_matrices: dict[str, list[list[int]]] = {}
+        # The first validation batch's first images, logged to W&B as a table each epoch.
+        self._samples: dict[str, Tensor] | None = None
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -107,6 +110,8 @@ class IQSModule(pl.LightningModule):
         self.stage_metrics(stage).update(
             pred_class, pred_score, batch["label"], batch["score"], batch["source"]
         )
+        if stage == "val" and self._samples is None:
+            self._keep_samples(batch, pred_class, pred_score)
         self.log(
             f"{stage}/loss",
             loss,
@@ -164,10 +169,14 @@ class IQSModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._epoch_end("train")
 
+    def on_validation_epoch_start(self) -> None:
+        self._samples = None
+
     def on_validation_epoch_end(self) -> None:
         values = self._epoch_end("val")
         if self.trainer.sanity_checking:
             return
+        self._log_samples()
         for key, best in self.val_best.items():
             if not torch.isnan(values[key]):
                 best.update(values[key])
@@ -175,6 +184,47 @@ class IQSModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
+
+    def _keep_samples(self, batch: Batch, pred_class: Tensor, pred_score: Tensor) -> None:
+        if not any(isinstance(lg, WandbLogger) for lg in self.loggers):
+            return
+        n = SAMPLES_LOGGED
+        self._samples = {
+            "image": batch["image"][:n].detach().float().cpu(),
+            "label": batch["label"][:n].cpu(),
+            "score": batch["score"][:n].float().cpu(),
+            "pred_class": pred_class[:n].cpu(),
+            "pred_score": pred_score[:n].float().cpu(),
+        }
+
+    def _log_samples(self) -> None:
+        """A W&B table of validation photos: thumbnail, true and predicted label, scores."""
+        if self._samples is None:
+            return
+        import wandb
+
+        dm = getattr(self.trainer, "datamodule", None)
+        mean = torch.tensor(getattr(dm, "mean", (0.0, 0.0, 0.0))).view(3, 1, 1)
+        std = torch.tensor(getattr(dm, "std", (1.0, 1.0, 1.0))).view(3, 1, 1)
+        s = self._samples
+        rows = []
+        for i in range(len(s["label"])):
+            pixels = ((s["image"][i] * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0)
+            rows.append([
+                wandb.Image(pixels.numpy()),
+                CLASS_NAMES[int(s["label"][i])],
+                CLASS_NAMES[int(s["pred_class"][i])],
+                float(s["pred_score"][i]),
+                float(s["score"][i]),
+            ])  # fmt: skip
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table(
+                    key="val/samples",
+                    columns=["photo", "true label", "predicted label", "predicted score",
+                             "true score"],
+                    data=rows,
+                )  # fmt: skip
 
     def _log_confusion_matrix(self, stage: str, matrix: Tensor) -> None:
         self.confusion_matrices[stage] = matrix.tolist()
