@@ -30,10 +30,15 @@ format: install
 	$(VENV)/bin/ruff check --fix iqs tests experiments benchmarks
 	$(VENV)/bin/ruff format iqs tests experiments benchmarks
 
-# A small real sweep: two backbones x two learning rates, one epoch each.
+# A small real sweep: two backbones x two learning rates, one epoch each, then the local
+# comparison report (compare.md, report.html) in the sweep folder, even if a job failed.
+ifndef SWEEP_DIR
+SWEEP_DIR := outputs/sweeps/$(shell date +%Y-%m-%d_%H-%M-%S)
+endif
 sweep: install
 	$(VENV)/bin/iqs-train -m model=mobilenetv3_small_100,resnet18 optimizer.lr=0.001,0.003 \
-		trainer.max_epochs=1 tags='[sweep]' $(ARGS)
+		trainer.max_epochs=1 tags='[sweep]' hydra.sweep.dir=$(SWEEP_DIR) $(ARGS); \
+	status=$$?; $(VENV)/bin/iqs-compare $(SWEEP_DIR); exit $$status
 
 # Benchmarks: each prints ratios measured side by side in one run (see README, "Measured").
 bench: install
