@@ -60,6 +60,8 @@ def read_rgb(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray
         raise UnreadableImage(path, "missing") from None
     except OSError as e:
         raise UnreadableImage(path, e.strerror or str(e)) from e
+    except ValueError as e:  # a NUL byte in the path
+        raise UnreadableImage(path, str(e)) from e
     if not stat.S_ISREG(st.st_mode):
         raise UnreadableImage(path, "not a regular file")
     if st.st_size == 0:
@@ -268,6 +270,8 @@ def _mtime_ns(path: str | os.PathLike) -> int:
         raise UnreadableImage(path, "missing") from None
     except OSError as e:
         raise UnreadableImage(path, e.strerror or str(e)) from e
+    except ValueError as e:  # a NUL byte in the path
+        raise UnreadableImage(path, str(e)) from e
 
 
 def _is_fresh(cached: Path, mtime: int) -> bool:

@@ -59,12 +59,18 @@ class AVA(AnnotatedSource):
             path, _COLUMNS, numeric=_VOTES, delimiter=None, header=False, problems=self.problems
         )
         counts = df[_VOTES].to_numpy(np.float64)
-        total = counts.sum(axis=1)
-        empty = total <= 0
+        with np.errstate(over="ignore"):  # reported below
+            total = counts.sum(axis=1)
+        # A negative or overflowing count would make a mean outside 1..10, or NaN.
+        damaged = (counts < 0).any(axis=1) | ~np.isfinite(total)
+        for line in df.loc[damaged, "_line"]:
+            self.problems.append(f"{path}:{line}: a negative or huge vote count, left out")
+        empty = ~damaged & (total <= 0)
         for line in df.loc[empty, "_line"]:
             self.problems.append(f"{path}:{line}: no votes, left out")
-        df, counts, total = df.loc[~empty], counts[~empty], total[~empty]
-        mean = counts @ np.arange(1, 11, dtype=np.float64) / total
+        keep = ~(damaged | empty)
+        df, counts, total = df.loc[keep], counts[keep], total[keep]
+        mean = (counts / total[:, None]) @ np.arange(1, 11, dtype=np.float64)
         ids = df["id"].str.strip()
         split: pd.Series | str = ""
         if self.official_split:

@@ -132,7 +132,7 @@ class AnnotatedSource(Source):
     def manifest(self, include_dropped: bool = False) -> pd.DataFrame:
         """Manifest rows of the images that exist; ``include_dropped`` keeps the rows the label
         rule leaves out (label ``DROP``), e.g. to check every image of a download."""
-        df = self.annotations()
+        df = self._inside_root(self.annotations())
         lo, hi = self.score_range
         out = pd.DataFrame(
             {
@@ -159,6 +159,16 @@ class AnnotatedSource(Source):
             out = out.loc[~dropped]
         return out.reset_index(drop=True)
 
+    def _inside_root(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Rows whose file name stays inside the image folder: annotation files come from the
+        internet, and ``../../x``, ``/x`` or a NUL byte must not send training elsewhere."""
+        outside = df["file"].astype(str).map(_not_inside).to_numpy(dtype=bool)
+        for name in df.loc[outside, "file"]:
+            self.problems.append(
+                f"{self.name}: file name {name!r} is not a path inside {self.root}, left out"
+            )
+        return df.loc[~outside].reset_index(drop=True)
+
     def _existing(self, df: pd.DataFrame) -> pd.DataFrame:
         """Rows whose image exists; one directory listing per folder, not one stat per row."""
         listing: dict[str, set[str]] = {}
@@ -181,3 +191,9 @@ class AnnotatedSource(Source):
             for p in missing:
                 log.debug("%s: missing image %s", self.name, p)
         return df.loc[exists]
+
+
+def _not_inside(name: str) -> bool:
+    """``name`` is no file inside a folder: ``/x``, ``../x``, ``a/../..``, ``""``, or has a NUL."""
+    norm = os.path.normpath(name)
+    return "\x00" in name or os.path.isabs(norm) or norm == "." or norm.split(os.sep)[0] == ".."

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import pickle
+import signal
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.io import loadmat
 
 from iqs.data.sources.base import AnnotatedSource, SourceError
+
+# scipy's MAT-file reader is not hardened against damaged files: a bad type code in a corrupt or
+# truncated download crashes the whole process (scipy/scipy#25349). It runs in a child process,
+# so such a file is a SourceError like any other. The child marks which file it is reading.
+_READ_MATS = """
+import pickle, sys
+from scipy.io import loadmat
+out = []
+for i, path in enumerate(sys.argv[1:]):
+    print(f"iqs-reading {i}", file=sys.stderr, flush=True)
+    try:
+        out.append(loadmat(path))
+    except Exception as e:  # scipy raises several unrelated types for a bad file
+        out.append(f"{type(e).__name__}: {e}")
+pickle.dump(out, sys.stdout.buffer)
+"""
 
 
 class CLIVE(AnnotatedSource):
@@ -37,8 +56,15 @@ class CLIVE(AnnotatedSource):
         self.keep_training_images = keep_training_images
 
     def annotations(self) -> pd.DataFrame:
-        names = [str(np.ravel(n)[0]) for n in np.ravel(self._mat(self.images_file))]
-        mos = np.ravel(self._mat(self.mos_file)).astype(np.float64)
+        images, scores = self._mats(self.images_file, self.mos_file)
+        try:
+            names = [str(np.ravel(n)[0]) for n in np.ravel(images)]
+        except IndexError as e:  # an empty cell
+            raise SourceError(f"{self.root / self.images_file}: an empty image name") from e
+        try:
+            mos = np.ravel(scores).astype(np.float64)
+        except (TypeError, ValueError) as e:  # text or cells where numbers belong
+            raise SourceError(f"{self.root / self.mos_file}: scores are not numbers ({e})") from e
         if len(names) != len(mos):
             raise SourceError(
                 f"{self.name}: {self.images_file} lists {len(names)} images but "
@@ -55,13 +81,30 @@ class CLIVE(AnnotatedSource):
         df["id"] = df["file"]
         return df.reset_index(drop=True)
 
-    def _mat(self, relative: str) -> np.ndarray:
-        path = self.file(relative)
+    def _mats(self, *relative: str) -> list[np.ndarray]:
+        """The one variable of each MATLAB file."""
+        paths = [self.file(r) for r in relative]
         try:
-            data = loadmat(path)
-        except Exception as e:  # scipy raises several unrelated types for a bad file
-            raise SourceError(f"{path}: not a readable MATLAB file ({e})") from e
-        arrays = {k: v for k, v in data.items() if not k.startswith("__")}
-        if len(arrays) != 1:
-            raise SourceError(f"{path}: expected one variable, found {sorted(arrays)}")
-        return next(iter(arrays.values()))
+            done = subprocess.run(
+                [sys.executable, "-c", _READ_MATS, *map(str, paths)],
+                capture_output=True,
+                timeout=600,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise SourceError(f"{self.name}: reading {[str(p) for p in paths]} hangs") from e
+        if done.returncode != 0:
+            lines = done.stderr.decode(errors="replace").splitlines()
+            marks = [int(m.split()[1]) for m in lines if m.startswith("iqs-reading ")]
+            path = paths[marks[-1]] if marks else paths
+            rc = -done.returncode
+            how = f"crashed: {signal.strsignal(rc) or rc}" if rc > 0 else f"failed: {lines[-1:]}"
+            raise SourceError(f"{path}: not a readable MATLAB file (the reader {how})")
+        arrays = []
+        for path, data in zip(paths, pickle.loads(done.stdout)):
+            if isinstance(data, str):
+                raise SourceError(f"{path}: not a readable MATLAB file ({data})")
+            variables = {k: v for k, v in data.items() if not k.startswith("__")}
+            if len(variables) != 1:
+                raise SourceError(f"{path}: expected one variable, found {sorted(variables)}")
+            arrays.append(next(iter(variables.values())))
+        return arrays

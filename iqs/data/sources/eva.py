@@ -49,7 +49,8 @@ class EVA(AnnotatedSource):
         votes["bin"] = votes["score"].round().astype(np.int64)
         per_image = votes.groupby("image_id", sort=True)
         hist = pd.crosstab(votes["image_id"], votes["bin"]).reindex(columns=range(11), fill_value=0)
-        hist_text = hist.astype(str).agg(" ".join, axis=1)
+        # Not hist.agg(" ".join, axis=1): on no rows (every vote bad) that returns a DataFrame.
+        hist_text = pd.Series([" ".join(map(str, h)) for h in hist.to_numpy()], index=hist.index)
         ids = per_image["score"].mean().index
         return pd.DataFrame(
             {

@@ -54,7 +54,8 @@ class Folder(AnnotatedSource):
         if has_score:
             df = to_numbers(df, ["score"], path, self.problems)
         df["path"] = df["path"].str.strip().map(os.path.normpath)
-        outside = df["path"].map(lambda p: os.path.isabs(p) or p.startswith(".."))
+        # Not p.startswith(".."): that would refuse a photo named "..2019.jpg".
+        outside = df["path"].map(lambda p: os.path.isabs(p) or p.split(os.sep)[0] == "..")
         for line, p in df.loc[outside, ["_line", "path"]].itertuples(index=False):
             self.problems.append(f"{path}:{line}: path {p!r} must be relative to {self.root}")
         df = df.loc[~outside]

@@ -87,5 +87,7 @@ class KonIQ10k(AnnotatedSource):
             self.problems.append(
                 f"{path}:{line}: set {value!r} is not one of {list(_OFFICIAL_SPLIT)}"
             )
-        split = dict(zip(sets["image_name"], sets["set"].map(_OFFICIAL_SPLIT)))
-        return names.map(split).fillna("")
+        split = {n: _OFFICIAL_SPLIT.get(s, "") for n, s in zip(sets["image_name"], sets["set"])}
+        # Not map(split).fillna(""): where no name is found that is a float column, which
+        # pandas 4 refuses to fill with text.
+        return names.map(lambda name: split.get(name, ""))

@@ -51,7 +51,10 @@ class SPAQ(AnnotatedSource):
         )
 
     def _read_excel(self, path) -> pd.DataFrame:
-        df = pd.read_excel(path, sheet_name=0, dtype=str, engine="openpyxl")
+        try:
+            df = pd.read_excel(path, sheet_name=0, dtype=str, engine="openpyxl")
+        except Exception as e:  # a damaged .xlsx raises zip, XML and openpyxl errors alike
+            raise SourceError(f"{path}: not a readable Excel file ({type(e).__name__}: {e})") from e
         df.columns = [str(c).strip() for c in df.columns]
         missing = [c for c in (_NAME, _MOS) if c not in df.columns]
         if missing:

@@ -52,26 +52,23 @@ def read_table(
     if not path.is_file():
         raise SourceError(f"annotation file not found: {path}")
     problems = problems if problems is not None else []
-    # utf-8-sig drops the byte-order mark some exports (SPAQ, EVA) start with.
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        if delimiter is None:
-            split = [line.split() for line in f.read().splitlines()]
-            records = [(i, fields) for i, fields in enumerate(split, start=1) if fields]
-        else:
-            reader = csv.reader(f, delimiter=delimiter)
-            records = [(reader.line_num, row) for row in reader if row]
+    records = _records(path, delimiter)
     if header:
         if not records:
-            raise SourceError(f"{path}: empty file, expected a header with {list(columns)}")
+            raise SourceError(f"{path}: empty file, expected a header line")
         names = [c.strip() for c in records[0][1]]
         records = records[1:]
-        columns = names if columns is None else columns
+        # Every named column; unnamed ones (trailing delimiters of a spreadsheet export) are not.
+        columns = [c for c in dict.fromkeys(names) if c] if columns is None else columns
         missing = [c for c in columns if c not in names]
         if missing:
             raise SourceError(
                 f"{path}: missing column(s) {missing}; the header has {names[:12]}"
                 + _delimiter_hint(names, columns, delimiter)
             )
+        twice = [c for c in columns if names.count(c) > 1]
+        if twice:  # which of the two is meant is anyone's guess
+            raise SourceError(f"{path}: column(s) {twice} appear more than once in the header")
     elif columns is None:
         raise ValueError("read_table: a file without a header needs its column names")
     else:
@@ -90,17 +87,38 @@ def read_table(
     return to_numbers(df, numeric, path, problems)
 
 
+def _records(path: Path, delimiter: str | None) -> list[tuple[int, list[str]]]:
+    """The non-empty rows of ``path`` with their line numbers."""
+    # utf-8-sig drops the byte-order mark some exports (SPAQ, EVA) start with.
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        try:
+            if delimiter is None:
+                split = [line.split() for line in f.read().splitlines()]
+                return [(i, fields) for i, fields in enumerate(split, start=1) if fields]
+            reader = csv.reader(f, delimiter=delimiter)
+            return [(reader.line_num, row) for row in reader if row]
+        except UnicodeDecodeError as e:
+            raise SourceError(f"{path}: {_not_utf8(e)}") from None
+        except csv.Error as e:  # e.g. a field over the csv module's size limit (an unclosed quote)
+            raise SourceError(f"{path}:{reader.line_num}: {e}") from None
+
+
+def _not_utf8(e: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8"
+
+
 def to_numbers(
     df: pd.DataFrame, numeric: Sequence[str], path: str | os.PathLike, problems: list[str]
 ) -> pd.DataFrame:
-    """Convert ``numeric`` columns; drop and report rows where one is missing or not a number."""
+    """Convert ``numeric`` columns to float; drop and report rows where one is missing or not a
+    finite number (``inf``, or ``1e400``, would pass any range check after clipping)."""
     bad = np.zeros(len(df), dtype=bool)
     for col in numeric:
-        values = pd.to_numeric(df[col], errors="coerce")
-        nan = values.isna().to_numpy()
+        values = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
+        nan = ~np.isfinite(values.to_numpy())
         if nan.any():  # a second chance for numbers padded with spaces
             values[nan] = pd.to_numeric(df.loc[nan, col].astype(str).str.strip(), errors="coerce")
-            nan = values.isna().to_numpy()
+            nan = ~np.isfinite(values.to_numpy())
         for line, raw in zip(df.loc[nan, LINE], df.loc[nan, col]):
             what = "is missing" if str(raw).strip() == "" else f"is {str(raw)!r}, not a number"
             problems.append(f"{path}:{line}: {col} {what}")
@@ -112,7 +130,8 @@ def to_numbers(
 def join_counts(counts: pd.DataFrame) -> pd.Series:
     """Vote counts per column as the manifest's space-separated histogram text."""
     values = counts.to_numpy(np.float64)
-    if np.array_equal(values, np.round(values)):
+    # Whole numbers print as integers, unless too big for int64 (a damaged file).
+    if np.array_equal(values, np.round(values)) and np.abs(values).max(initial=0) < 2**62:
         text = [c.astype(np.int64).astype(str) for _, c in counts.items()]
     else:
         text = [c.map("{:g}".format) for _, c in counts.items()]
@@ -135,4 +154,7 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"id list not found: {path}")
-    return [s for s in path.read_text(encoding="utf-8-sig").split() if s]
+    try:
+        return [s for s in path.read_text(encoding="utf-8-sig").split() if s]
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path}: {_not_utf8(e)}") from None
