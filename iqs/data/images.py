@@ -54,14 +54,7 @@ def read_rgb(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray
     """
     path = os.fspath(path)
     _refuse_truncated_images()
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UnreadableImage(path, "missing") from None
-    except OSError as e:
-        raise UnreadableImage(path, e.strerror or str(e)) from e
-    except ValueError as e:  # a NUL byte in the path
-        raise UnreadableImage(path, str(e)) from e
+    st = _stat(path)
     if not stat.S_ISREG(st.st_mode):
         raise UnreadableImage(path, "not a regular file")
     if st.st_size == 0:
@@ -262,16 +255,20 @@ class ImageCache:
             os.utime(cached, ns=(mtime, mtime))
 
 
-def _mtime_ns(path: str | os.PathLike) -> int:
+def _stat(path: str | os.PathLike) -> os.stat_result:
     try:
-        return os.stat(path).st_mtime_ns
+        return os.stat(path)
     except FileNotFoundError:
-        # A cached copy of a deleted original is not served: the manifest points at nothing.
         raise UnreadableImage(path, "missing") from None
     except OSError as e:
         raise UnreadableImage(path, e.strerror or str(e)) from e
     except ValueError as e:  # a NUL byte in the path
         raise UnreadableImage(path, str(e)) from e
+
+
+def _mtime_ns(path: str | os.PathLike) -> int:
+    # A cached copy of a deleted original is not served: the manifest points at nothing.
+    return _stat(path).st_mtime_ns
 
 
 def _is_fresh(cached: Path, mtime: int) -> bool:

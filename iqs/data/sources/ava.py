@@ -46,7 +46,7 @@ class AVA(AnnotatedSource):
     ) -> None:
         super().__init__(name, **kwargs)
         self.annotations_file = annotations
-        self.test_list = [test_list] if isinstance(test_list, str) else list(test_list)
+        self.test_list = test_list
         self.image_dir = image_dir
         self.official_split = official_split
 

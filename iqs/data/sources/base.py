@@ -109,9 +109,14 @@ class AnnotatedSource(Source):
         """A file under the root; a clear error when the root or the file is missing."""
         return self.first_file([relative], what)
 
-    def first_file(self, candidates: Sequence[str | os.PathLike], what: str) -> Path:
-        """The first existing of several accepted locations (absolute, or under the root)."""
+    def first_file(
+        self, candidates: str | os.PathLike | Sequence[str | os.PathLike], what: str
+    ) -> Path:
+        """The first existing of one or several accepted locations (absolute, or under the
+        root); a config may give a single path or a list."""
         self.require_root()
+        if isinstance(candidates, (str, os.PathLike)):
+            candidates = [candidates]
         paths = [self.root / c for c in candidates]
         for p in paths:
             if p.is_file():

@@ -37,7 +37,7 @@ class SPAQ(AnnotatedSource):
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
-        self.candidates = [annotations] if isinstance(annotations, str) else list(annotations)
+        self.candidates = annotations
         self.image_dir = image_dir
 
     def annotations(self) -> pd.DataFrame:
