@@ -17,7 +17,7 @@ import torch
 from iqs.callbacks import CheckpointSaveError, DivergenceError
 from iqs.models.module import CheckpointError, IQSModule, read_checkpoint
 from iqs.train import train
-from tests.conftest import TINY, compose_train
+from tests.conftest import TINY, compose_train, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -164,3 +164,11 @@ def test_read_only_photo_folder_predicts_and_reports_unwritable_sidecars(
     assert len(rows) == len(photos) and all(r["label"] for r in rows)
     assert all(r["xmp"].startswith("failed:") and "Permission denied" in r["xmp"] for r in rows)
     assert not list((tmp_path / "photos").rglob("*.xmp"))
+
+
+def test_unwritable_output_folder_names_the_path(tmp_path, data_dir):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = run_cli(["debug=fdr", "logger=csv"], blocker / "logs", data_dir, check=False)
+    assert proc.returncode != 0
+    assert str(blocker / "logs") in proc.stdout + proc.stderr
