@@ -31,6 +31,7 @@ class AVA(AnnotatedSource):
     score_range = (1.0, 10.0)
     homepage = "https://github.com/imfing/ava_downloader (AVA: Murray et al., CVPR 2012)"
     layout = "AVA.txt, aesthetics_image_lists/generic_test.jpgl, images/<id>.jpg"
+    image_dir = "images"
 
     def __init__(
         self,
@@ -40,14 +41,12 @@ class AVA(AnnotatedSource):
             "aesthetics_image_lists/generic_test.jpgl",
             "generic_test.jpgl",
         ),
-        image_dir: str = "images",
         official_split: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
         self.annotations_file = annotations
         self.test_list = test_list
-        self.image_dir = image_dir
         self.official_split = official_split
 
     def test_ids(self) -> list[str]:

@@ -76,6 +76,7 @@ class AnnotatedSource(Source):
         labels: the label rule on the raw score (``{bands, otherwise}``, see
             :class:`~iqs.data.labels.LabelRule`).
         check_files: leave out (and report) rows whose image file does not exist.
+        image_dir: the images' folder under the root (default: the data set's own layout).
     """
 
     #: image identity family: two sources of one family share ids (AVA and EVA).
@@ -94,9 +95,12 @@ class AnnotatedSource(Source):
         labels: Mapping[str, Any] | LabelRule,
         check_files: bool = True,
         cache: bool = True,
+        image_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, cache=cache, **kwargs)
+        if image_dir is not None:  # else the data set's own folder name (class attribute)
+            self.image_dir = image_dir
         self.root = Path(root).expanduser()
         self.rule = LabelRule.from_config(labels)
         self.check_files = bool(check_files)

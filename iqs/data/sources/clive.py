@@ -40,19 +40,18 @@ class CLIVE(AnnotatedSource):
     score_range = (0.0, 100.0)
     homepage = "https://live.ece.utexas.edu/research/ChallengeDB/"
     layout = "Data/AllImages_release.mat, Data/AllMOS_release.mat, Images/<name>"
+    image_dir = "Images"
 
     def __init__(
         self,
         name: str = "clive",
         images_file: str = "Data/AllImages_release.mat",
         mos_file: str = "Data/AllMOS_release.mat",
-        image_dir: str = "Images",
         keep_training_images: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
         self.images_file, self.mos_file = images_file, mos_file
-        self.image_dir = image_dir
         self.keep_training_images = keep_training_images
 
     def annotations(self) -> pd.DataFrame:

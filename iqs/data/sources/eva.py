@@ -21,6 +21,7 @@ class EVA(AnnotatedSource):
     score_range = (0.0, 10.0)
     homepage = "https://github.com/kang-gnak/eva-dataset"
     layout = "data/votes_filtered.csv (or votes_filtered.csv), EVA_together/<image_id>.jpg"
+    image_dir = "EVA_together"
 
     def __init__(
         self,
@@ -29,12 +30,10 @@ class EVA(AnnotatedSource):
             "data/votes_filtered.csv",
             "votes_filtered.csv",
         ),
-        image_dir: str = "EVA_together",
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
         self.candidates = annotations
-        self.image_dir = image_dir
 
     def annotations(self) -> pd.DataFrame:
         path = self.first_file(self.candidates, "votes file")

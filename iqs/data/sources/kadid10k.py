@@ -20,17 +20,16 @@ class KADID10k(AnnotatedSource):
     score_range = (1.0, 5.0)
     homepage = "https://database.mmsp-kn.de/kadid-10k-database.html"
     layout = "dmos.csv, images/<dist_img>.png"
+    image_dir = "images"
 
     def __init__(
         self,
         name: str = "kadid10k",
         annotations: str = "dmos.csv",
-        image_dir: str = "images",
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
         self.annotations_file = annotations
-        self.image_dir = image_dir
 
     def annotations(self) -> pd.DataFrame:
         df = read_table(

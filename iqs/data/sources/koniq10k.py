@@ -31,13 +31,13 @@ class KonIQ10k(AnnotatedSource):
         "koniq10k_scores_and_distributions.csv, koniq10k_distributions_sets.csv (optional, "
         "from github.com/subpic/koniq), 1024x768/<image_name>"
     )
+    image_dir = "1024x768"
 
     def __init__(
         self,
         name: str = "koniq10k",
         scores_file: str = "koniq10k_scores_and_distributions.csv",
         sets_file: str | None = "koniq10k_distributions_sets.csv",
-        image_dir: str = "1024x768",
         score_column: str = "MOS_zscore",
         official_split: bool = True,
         **kwargs: Any,
@@ -46,7 +46,6 @@ class KonIQ10k(AnnotatedSource):
         if score_column not in ("MOS_zscore", "MOS"):
             raise ValueError(f"{name}: score_column must be MOS_zscore or MOS, not {score_column}")
         self.scores_file, self.sets_file = scores_file, sets_file
-        self.image_dir = image_dir
         self.score_column = score_column
         self.score_range = (0.0, 100.0) if score_column == "MOS_zscore" else (1.0, 5.0)
         self.official_split = official_split

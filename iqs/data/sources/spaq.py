@@ -25,6 +25,7 @@ class SPAQ(AnnotatedSource):
     score_range = (0.0, 100.0)
     homepage = "https://github.com/h4nwei/SPAQ"
     layout = "Annotations/MOS and Image attribute scores.xlsx (or a CSV export), TestImage/*.jpg"
+    image_dir = "TestImage"
 
     def __init__(
         self,
@@ -33,12 +34,10 @@ class SPAQ(AnnotatedSource):
             "Annotations/MOS and Image attribute scores.xlsx",
             "SPAQ_annotations.csv",
         ),
-        image_dir: str = "TestImage",
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
         self.candidates = annotations
-        self.image_dir = image_dir
 
     def annotations(self) -> pd.DataFrame:
         path = self.first_file(self.candidates, "annotation file")
