@@ -73,7 +73,10 @@ class DivergenceGuard(Callback):
         if loss is None:
             return
         value = float(loss.detach())
-        if not math.isfinite(value):
+        diverged = not math.isfinite(value)
+        if trainer.world_size > 1:  # every process stops together, or the others would hang
+            diverged = trainer.strategy.reduce_boolean_decision(diverged, all=False)
+        if diverged:
             raise DivergenceError(
                 f"training loss is {value} at global step {trainer.global_step} (epoch "
                 f"{trainer.current_epoch}, batch {batch_idx}); stopped before saving. Lower the "

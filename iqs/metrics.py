@@ -13,18 +13,29 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
 )
-from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
+from torchmetrics.functional.regression import pearson_corrcoef
+from torchmetrics.regression import SpearmanCorrCoef
+from torchmetrics.utilities import dim_zero_cat
 
 from iqs.data.labels import CLASS_NAMES
 
 # Correlations need every prediction; iqs knows, and data sets of ~250k rows fit easily.
 warnings.filterwarnings("ignore", message=".*will save all targets and predictions in the buffer")
+
+
+class PooledPearsonCorrCoef(SpearmanCorrCoef):
+    """PLCC over every prediction, gathered like SRCC's. torchmetrics' PearsonCorrCoef merges
+    per-process running moments instead, which in float32 differs from the one-process value
+    by up to 1e-4."""
+
+    def compute(self) -> Tensor:
+        return pearson_corrcoef(dim_zero_cat(self.preds), dim_zero_cat(self.target))
 
 
 def _collection(num_classes: int) -> MetricCollection:
@@ -34,7 +45,7 @@ def _collection(num_classes: int) -> MetricCollection:
             "f1_macro": MulticlassF1Score(num_classes, average="macro"),
             "f1": MulticlassF1Score(num_classes, average="none"),
             "srcc": SpearmanCorrCoef(),
-            "plcc": PearsonCorrCoef(),
+            "plcc": PooledPearsonCorrCoef(),
             "confmat": MulticlassConfusionMatrix(num_classes),
         },
         compute_groups=False,
@@ -45,8 +56,9 @@ class QualityMetrics(nn.Module):
     """Accumulates predictions of one stage and computes a flat ``name -> value`` dict.
 
     Keys: ``acc``, ``f1_macro``, ``f1_<class>``, ``srcc`` (mean over sources), ``srcc_pooled``,
-    ``plcc`` (pooled), and ``<source>/<metric>`` for each source seen. ``confusion_matrix``
-    returns the pooled matrix separately (it is not a scalar).
+    ``plcc`` (pooled), and ``<source>/<metric>`` for each source seen; with
+    :meth:`update_batch` also ``loss`` (mean per sample) and ``skipped_images`` (a count).
+    ``confusion_matrix`` returns the pooled matrix separately (it is not a scalar).
     """
 
     def __init__(
@@ -57,6 +69,9 @@ class QualityMetrics(nn.Module):
         self.class_names = list(class_names)
         self.overall = _collection(len(class_names))
         self.per_source = nn.ModuleList(_collection(len(class_names)) for _ in source_names)
+        self.loss = MeanMetric()
+        self.skipped_images = SumMetric()
+        self._batches = 0
         # Not persistent: an accumulator, not a weight (checkpoints must not depend on the mix).
         self.register_buffer(
             "counts", torch.zeros(len(source_names), dtype=torch.long), persistent=False
@@ -74,8 +89,17 @@ class QualityMetrics(nn.Module):
                 _update(metrics, pred_class[mask], pred_score[mask], label[mask], score[mask])
                 self.counts[i] += n
 
+    def update_batch(self, loss: Tensor, batch_size: int, skipped: Tensor | int = 0) -> None:
+        """The batch's mean loss and the number of its unreadable images."""
+        self.loss.update(loss, weight=batch_size)
+        self.skipped_images.update(torch.as_tensor(skipped, dtype=torch.float32))
+        self._batches += 1
+
     def compute(self) -> dict[str, Tensor]:
         out = _flatten(self.overall.compute(), self.class_names)
+        if self._batches_synced():
+            out["loss"] = self.loss.compute()
+            out["skipped_images"] = self.skipped_images.compute()
         out["srcc_pooled"] = out.pop("srcc")
         per_source_srcc = []
         counts = self._synced_counts()
@@ -99,6 +123,15 @@ class QualityMetrics(nn.Module):
         for metrics in self.per_source:
             metrics.reset()
         self.counts.zero_()
+        self.loss.reset()
+        self.skipped_images.reset()
+        self._batches = 0
+
+    def _batches_synced(self) -> int:
+        batches = torch.tensor(self._batches, device=self.counts.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(batches)
+        return int(batches)
 
     def _synced_counts(self) -> list[int]:
         counts = self.counts

@@ -30,6 +30,7 @@ from iqs.callbacks import CheckpointSaveError, DivergenceError
 from iqs.data.datamodule import IQSDataModule
 from iqs.data.manifest import ManifestError
 from iqs.data.sources.base import SourceError
+from iqs.distributed import distributed_job, is_rank_zero, use_hydra_child_command
 from iqs.models.backbones import input_config
 from iqs.models.module import CheckpointError, IQSModule, build_model, read_checkpoint
 from iqs.utils import atomic_write_text
@@ -43,7 +44,7 @@ SUMMARY_METRICS = {
     "val/acc": "max,last",
     "val/plcc": "max,last",
     "val/loss": "min,last",
-    "train/loss_epoch": "min,last",
+    "train/loss": "min,last",
 }
 
 
@@ -140,6 +141,8 @@ def _finish_wandb(exit_code: int) -> None:
 def train(cfg: DictConfig) -> float | None:
     """Fit and test as configured; return the best value of ``optimized_metric``."""
     pl.seed_everything(cfg.seed, workers=True)
+    if HydraConfig.initialized():
+        use_hydra_child_command()  # DDP children join this run's directory
     datamodule, model = build(cfg)
     # Read the data before anything else starts: a missing data set fails here, in one line,
     # and the summary of what will be trained on opens the log.
@@ -195,6 +198,8 @@ def _metric_value(trainer: pl.Trainer, name: str | None) -> float | None:
 def _write_results(
     cfg: DictConfig, metrics: dict[str, float], model: IQSModule, ckpt: str | None
 ) -> None:
+    if not is_rank_zero():
+        return
     results = {
         "checkpoint": ckpt,
         "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()},
@@ -212,6 +217,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def _write_status(cfg: DictConfig, status: str, started: float, **extra: object) -> None:
     """``status.json`` in the run directory: running, completed or failed (with the error),
     and the wall time, so that `iqs-compare` can list failed jobs of a sweep."""
+    if not is_rank_zero():
+        return
     path = Path(cfg.paths.output_dir) / "status.json"
     record = {"status": status, "started": started, "wall_time_s": time.time() - started, **extra}
     atomic_write_text(path, json.dumps(record, indent=2, default=str))
@@ -226,7 +233,8 @@ def main(cfg: DictConfig) -> float | None:
     started = time.time()
     _write_status(cfg, "running", started)
     try:
-        value = train(cfg)
+        with distributed_job():
+            value = train(cfg)
     except (SourceError, ManifestError, CheckpointError, CheckpointSaveError, DivergenceError) as e:
         # The message names the file, row or step and what to do: a traceback adds nothing.
         _finish_wandb(exit_code=1)

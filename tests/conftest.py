@@ -114,9 +114,11 @@ def compose_eval(overrides: list[str], output_dir: Path, data_dir: Path) -> Dict
 def run_cli(
     args: list[str], log_dir: Path, data_dir: Path, check: bool = True
 ) -> subprocess.CompletedProcess:
-    """Run `python -m iqs.train` as a user would, with tiny settings."""
+    """Run `python -m iqs.train` as a user would, with tiny settings (``args`` override them)."""
+    flags = [a for a in args if a.startswith("-")]  # -m: argparse wants flags first
+    overrides = [a for a in args if not a.startswith("-")]
     cmd = [
-        sys.executable, "-m", "iqs.train", *args, *TINY,
+        sys.executable, "-m", "iqs.train", *flags, *TINY, *overrides,
         f"paths.log_dir={log_dir}", f"paths.data_dir={data_dir}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from iqs.data import manifest as mf
@@ -20,6 +21,7 @@ from iqs.data.labels import CLASS_NAMES
 from iqs.data.sources.base import Source
 from iqs.data.splits import assign_group_splits
 from iqs.data.transforms import eval_transform, train_transform
+from iqs.distributed import is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ class IQSDataModule(pl.LightningDataModule):
         if self.manifest is not None:
             return
         self.manifest = self.build_manifest()
-        if self.manifest_path is not None and self._is_global_zero():
+        if self.manifest_path is not None and is_rank_zero():  # before any trainer exists
             mf.save(self.manifest, self.manifest_path)
         log.info("data summary (rows per source x split x class):\n%s", self.summary())
         train_tf = train_transform(
@@ -195,7 +197,7 @@ class IQSDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=self._train_sampler(split) if shuffle else None,
+            sampler=self._train_sampler(split) if shuffle else self._eval_sampler(dataset),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
@@ -212,10 +214,13 @@ class IQSDataModule(pl.LightningDataModule):
         assert self.manifest is not None
         weights = {name: src.weight for name, src in self.sources.items()}
         rows = self.manifest.loc[self.manifest["split"] == split, "source"].map(weights)
+        replicas, rank = self._replicas()
         sampler = EpochSampler(
             len(rows),
             self.seed,
             None if all(w == 1.0 for w in weights.values()) else rows.to_numpy(),
+            num_replicas=replicas,
+            rank=rank,
         )
         # The loader is made once per fit, before Lightning first sets the epoch: a resumed
         # run must start from the epoch it resumes at.
@@ -223,9 +228,26 @@ class IQSDataModule(pl.LightningDataModule):
         sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
         return sampler
 
-    def _is_global_zero(self) -> bool:
+    def _eval_sampler(self, dataset: ManifestDataset) -> UnrepeatedDistributedSampler | None:
+        """Distributed: each process evaluates every n-th row, none twice (a padded sampler
+        would count repeated rows in SRCC and F1); metrics gather them across processes."""
+        replicas, rank = self._replicas()
+        if replicas == 1:
+            return None
+        return UnrepeatedDistributedSampler(dataset, replicas, rank, shuffle=False)
+
+    def _replicas(self) -> tuple[int, int]:
+        """(world size, global rank) of the trainer's processes; (1, 0) without a trainer.
+        The trainer runs with ``use_distributed_sampler=false``: these samplers split the data."""
         trainer = getattr(self, "trainer", None)
-        return trainer is None or trainer.is_global_zero
+        if trainer is None:
+            return 1, 0
+        if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
+            raise ValueError(
+                "trainer.use_distributed_sampler must be false: iqs's samplers already split the "
+                "data per process (conf/trainer/default.yaml sets it)"
+            )
+        return trainer.world_size, trainer.global_rank
 
 
 def summarize(manifest: pd.DataFrame) -> pd.DataFrame:

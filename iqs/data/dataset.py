@@ -90,19 +90,34 @@ class ManifestDataset(Dataset):
 
 class EpochSampler(Sampler):
     """Each epoch a seeded order of the rows (a permutation, or draws with replacement by
-    ``weights``), as ``(row, epoch)`` pairs. Lightning calls :meth:`set_epoch`."""
+    ``weights``), as ``(row, epoch)`` pairs. Lightning calls :meth:`set_epoch`.
 
-    def __init__(self, n: int, seed: int, weights: Sequence[float] | None = None) -> None:
+    In a distributed run every process draws the same order and takes every
+    ``num_replicas``-th row from ``rank`` on; the order is padded by repeating its head so that
+    all processes run the same number of batches (DDP synchronises every step).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        weights: Sequence[float] | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
         self.n = int(n)
         self.seed = int(seed)
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.num_replicas)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         # A generator: the order is drawn at the first ``next``, after Lightning's set_epoch.
@@ -112,7 +127,12 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.n, generator=generator)
         else:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
-        for i in order.tolist():
+        order = order.tolist()
+        if self.num_replicas > 1:
+            total = len(self) * self.num_replicas
+            padded = (order * -(-total // max(len(order), 1)))[:total]
+            order = padded[self.rank :: self.num_replicas]
+        for i in order:
             yield i, epoch
 
 

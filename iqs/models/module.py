@@ -112,25 +112,11 @@ class IQSModule(pl.LightningModule):
         )
         if stage == "val" and self._samples is None:
             self._keep_samples(batch, pred_class, pred_score)
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=stage == "train",
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(batch["label"]),
-            sync_dist=stage != "train",
-        )
-        if "skipped" in batch:  # unreadable images dropped from this batch, summed per epoch
-            self.log(
-                f"{stage}/skipped_images",
-                batch["skipped"].float(),
-                on_step=False,
-                on_epoch=True,
-                reduce_fx="sum",
-                batch_size=1,
-                sync_dist=True,
-            )
+        n = len(batch["label"])
+        self.stage_metrics(stage).update_batch(loss.detach(), n, batch.get("skipped", 0))
+        if stage == "train":  # per step, this process only (no collective inside a step)
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True,
+                     batch_size=n)  # fmt: skip
         return loss
 
     def training_step(self, batch: Batch | None, batch_idx: int) -> Tensor | None:
@@ -158,6 +144,9 @@ class IQSModule(pl.LightningModule):
     def _epoch_end(self, stage: str) -> dict[str, Tensor]:
         metrics = self.stage_metrics(stage)
         values = metrics.compute()
+        # Computed here, where every process runs the same collectives in the same order, and
+        # logged without sync_dist: Lightning reduces a synced value when it is first read,
+        # which its progress bar does on rank zero only, and DDP would hang.
         shown = ("srcc", "f1_macro")
         self.log_dict({f"{stage}/{k}": values[k] for k in shown}, prog_bar=True)
         self.log_dict({f"{stage}/{k}": v for k, v in values.items() if k not in shown})

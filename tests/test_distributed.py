@@ -1,0 +1,96 @@
+"""Distributed training: 2 CPU processes (gloo) equal one process, and write one run."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from iqs.data.dataset import EpochSampler
+from iqs.models.module import read_checkpoint
+from iqs.train import CONFIG_DIR, build
+from tests.conftest import run_cli
+from tests.wandb_files import read_offline_run
+
+
+@pytest.mark.parametrize(("n", "replicas"), [(10, 2), (11, 2), (7, 3), (1, 2)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_epoch_sampler_shares_cover_the_epoch_once(n, replicas, weighted):
+    weights = [1.0 + i % 3 for i in range(n)] if weighted else None
+    whole = list(EpochSampler(n, seed=3, weights=weights))
+    shares = [list(EpochSampler(n, 3, weights, replicas, rank)) for rank in range(replicas)]
+    assert len({len(s) for s in shares}) == 1  # every process runs as many batches
+    assert all(len(s) == len(EpochSampler(n, 3, weights, replicas, 0)) for s in shares)
+    interleaved = [shares[r][i] for i in range(len(shares[0])) for r in range(replicas)]
+    assert interleaved[:n] == whole  # the one-process order, split; the tail pads from its head
+    assert interleaved[n:] == (whole * replicas)[: len(interleaved) - n]
+
+
+def _val_metrics(checkpoint: Path) -> dict[str, float]:
+    """Validation metrics of a checkpoint's weights in this one process."""
+    cfg = OmegaConf.create(read_checkpoint(checkpoint)["iqs_config"])
+    datamodule, model = build(cfg)
+    datamodule.manifest_path = None
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    return trainer.validate(model, datamodule, ckpt_path=str(checkpoint), weights_only=True,
+                            verbose=False)[0]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ddp_cpu_fit_equals_one_process_and_writes_one_run(tmp_path, data_dir):
+    run_cli(["trainer=ddp_cpu", "trainer.max_epochs=2"], tmp_path, data_dir)
+    runs = glob.glob(str(tmp_path / "train" / "runs" / "*"))
+    assert len(runs) == 1  # the second process joined the first one's run directory
+    run = Path(runs[0])
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch_000.ckpt", "epoch_001.ckpt", "last.ckpt",
+    ]  # fmt: skip
+    assert (run / "train_rank1.log").is_file() and not (run / ".hydra" / "train_rank1").exists()
+    offline = glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(offline) == 1 and read_offline_run(offline[0]).exit_code == 0
+    assert (run / "test_metrics.json").is_file()
+
+    logged = pd.read_csv(run / "csv" / "metrics.csv").dropna(subset=["val/srcc"])
+    assert len(logged) == 2
+    for epoch in (0, 1):
+        ddp = logged[logged["epoch"] == epoch].iloc[0]
+        single = _val_metrics(run / "checkpoints" / f"epoch_{epoch:03d}.ckpt")
+        for key in ("val/srcc", "val/f1_macro", "val/acc", "val/synthetic/srcc"):
+            assert single[key] == pytest.approx(ddp[key], abs=1e-6), key
+        # The same predictions up to float rounding (each process runs half a batch); PLCC of an
+        # almost untrained model's near-constant scores magnifies that, hence a looser bound.
+        assert single["val/plcc"] == pytest.approx(ddp["val/plcc"], abs=1e-3)
+        assert single["val/loss"] == pytest.approx(ddp["val/loss"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_ddp_cpu_multirun_runs_each_job_once(tmp_path, data_dir):
+    run_cli(["-m", "trainer=ddp_cpu", "seed=1,2"], tmp_path, data_dir)
+    sweeps = glob.glob(str(tmp_path / "train" / "multiruns" / "*"))
+    assert len(sweeps) == 1  # no child process started a sweep of its own
+    jobs = sorted(p for p in Path(sweeps[0]).iterdir() if p.is_dir())
+    assert [j.name for j in jobs] == ["0", "1"]
+    for job, seed in zip(jobs, (1, 2)):
+        assert (job / "checkpoints" / "epoch_000.ckpt").is_file()
+        assert (job / "train_rank1.log").is_file()
+        assert read_checkpoint(job / "checkpoints" / "last.ckpt")["iqs_config"]["seed"] == seed
+        assert '"completed"' in (job / "status.json").read_text()
+
+
+def test_multi_node_slurm_example_is_consistent():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=ddp_slurm"], return_hydra_config=True)
+    launcher, trainer = cfg.hydra.launcher, cfg.trainer
+    assert trainer.strategy == "ddp" and not trainer.use_distributed_sampler
+    assert launcher.nodes == trainer.num_nodes > 1
+    assert launcher.tasks_per_node == launcher.gpus_per_node == trainer.devices
