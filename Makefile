@@ -40,12 +40,10 @@ sweep: install
 		trainer.max_epochs=1 tags='[sweep]' hydra.sweep.dir=$(SWEEP_DIR) $(ARGS); \
 	status=$$?; $(VENV)/bin/iqs-compare $(SWEEP_DIR); exit $$status
 
-# Benchmarks: each prints ratios measured side by side in one run (see README, "Measured").
+# Benchmarks: every speed and memory target as a ratio measured side by side in one run;
+# prints the table and writes docs/benchmarks.md (ARGS="--quick" for a fast check).
 bench: install
-	$(PY) benchmarks/bench_manifest.py
-	$(PY) benchmarks/bench_image_cache.py
-	$(PY) benchmarks/bench_predict.py
-	$(PY) benchmarks/bench_predict.py --backbone resnet18
+	$(PY) benchmarks/run.py $(ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache wandb

@@ -251,3 +251,34 @@ def test_digikam_resize_feeds_the_model_what_the_exported_graph_sees(size):
     assert (got - want).abs().max() < 1e-3
     area = eval_transform(size, mean, std, "area")(image=rgb)["image"][None]
     assert (area - want).abs().max() > 1e-2  # the default differs: this test can tell them apart
+
+
+def test_loaders_move_uint8_and_normalise_on_the_device(tmp_path):
+    """Workers hand over uint8 pixels; normalisation after the transfer equals albumentations'."""
+    from iqs.data.transforms import eval_transform
+
+    dm = IQSDataModule({"synthetic": _source(tmp_path / "cache")}, image_size=48, batch_size=4)
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].dtype == torch.uint8
+    got = dm.on_after_batch_transfer(batch, 0)["image"]
+    rows = dm.datasets["val"]
+    from iqs.data.images import read_rgb
+
+    tf = eval_transform(48, dm.mean, dm.std, "area")  # normalising inside albumentations
+    expected = torch.stack([tf(image=read_rgb(rows.paths[i]))["image"] for i in range(4)])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert dm.normalize(got) is got  # float batches (resize=digikam) pass through
+
+
+def test_worker_and_pin_memory_defaults(tmp_path, monkeypatch):
+    dm = IQSDataModule({"synthetic": _source(tmp_path / "cache")}, image_size=48,
+                       num_workers="auto", pin_memory="auto")  # fmt: skip
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    assert dm.num_workers == 6
+    dm.trainer = type("T", (), {"num_devices": 4})()  # 4 DDP processes share the cores
+    assert dm.num_workers == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    dm.trainer = None
+    assert dm.num_workers == 8
+    assert dm.pin_memory == torch.cuda.is_available()

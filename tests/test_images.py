@@ -280,3 +280,17 @@ def test_dataset_skips_an_unreadable_row_and_warns_once(tmp_path, caplog, cached
     assert batch["skipped"].item() == 1
     assert collate_skip_none([items[0]])["skipped"].item() == 0
     assert collate_skip_none([None, None]) is None
+
+
+@pytest.mark.parametrize(
+    ("min_side", "shape"),
+    [(100, (188, 250, 3)), (300, (375, 500, 3)), (400, (750, 1000, 3)), (None, (1500, 2000, 3))],
+)
+def test_reduced_decode_keeps_both_sides_above_min_side(tmp_path, min_side, shape):
+    path = tmp_path / "big.jpg"
+    cv2.imwrite(str(path), cv2.resize(PHOTO, (2000, 1500), interpolation=cv2.INTER_CUBIC))
+    rgb = read_rgb(path, min_side=min_side)
+    assert rgb.shape == shape  # 1/8, 1/4, 1/2, full: the largest reduction keeping min_side
+    small = (120, 90)
+    reference = cv2.resize(read_rgb(path), small, interpolation=cv2.INTER_AREA)
+    assert _diff(cv2.resize(rgb, small, interpolation=cv2.INTER_AREA), reference) < 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +45,9 @@ class IQSDataModule(pl.LightningDataModule):
             feeds an exported model: 299 px nearest neighbour, then the model's size).
         train_crop_from: resize training photos to this square side, then random-crop
             ``image_size`` (the study: 320 -> 299) instead of a random resized crop.
+        decode_margin: photos read without the cache are decoded reduced (JPEG 1/2, 1/4,
+            1/8) while both sides stay at least ``decode_margin x image_size``; ``None`` decodes
+            full size. Not with ``resize=digikam``, which samples the full-size photo.
         labels: the label-rule preset (``conf/data/labels/``) the sources' rules come from;
             each source holds its own rule, this is kept for the record.
     """
@@ -56,8 +60,8 @@ class IQSDataModule(pl.LightningDataModule):
         std: Sequence[float] = (0.229, 0.224, 0.225),
         batch_size: int = 32,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | str = 0,
+        pin_memory: bool | str = False,
         persistent_workers: bool = False,
         split_fractions: Mapping[str, float] | None = None,
         seed: int = 0,
@@ -69,6 +73,7 @@ class IQSDataModule(pl.LightningDataModule):
         labels: Mapping[str, Any] | None = None,
         resize: str = "area",
         train_crop_from: int | None = None,
+        decode_margin: float | None = 1.5,
     ) -> None:
         super().__init__()
         sources = {name: src for name, src in sources.items() if src.enabled}
@@ -83,9 +88,9 @@ class IQSDataModule(pl.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
+        self._num_workers = num_workers
+        self._pin_memory = pin_memory
+        self._persistent_workers = persistent_workers
         self.split_fractions = dict(split_fractions or {"train": 0.8, "val": 0.1, "test": 0.1})
         self.seed = seed
         self.manifest_path = Path(manifest_path) if manifest_path else None
@@ -98,6 +103,11 @@ class IQSDataModule(pl.LightningDataModule):
         self.label_presets = dict(labels or {})
         self.resize = resize
         self.train_crop_from = train_crop_from
+        self.decode_min_side = (
+            None
+            if decode_margin is None or resize == "digikam"
+            else math.ceil(decode_margin * max(self.image_size, train_crop_from or 0))
+        )
         self.manifest: pd.DataFrame | None = None
         self.datasets: dict[str, ManifestDataset] = {}
 
@@ -147,14 +157,16 @@ class IQSDataModule(pl.LightningDataModule):
             seed=self.seed,
             resize=self.resize,
             crop_from=self.train_crop_from,
+            normalize=False,
         )
-        eval_tf = eval_transform(self.image_size, self.mean, self.std, self.resize)
+        eval_tf = eval_transform(self.image_size, self.mean, self.std, self.resize, False)
         for split in mf.SPLITS:
             rows = self.manifest[self.manifest["split"] == split]
             tf = train_tf if split == "train" else eval_tf
             self.datasets[split] = ManifestDataset(
-                rows, self.source_names, tf, self.image_cache, self.cached_sources, self.seed
-            )
+                rows, self.source_names, tf, self.image_cache, self.cached_sources, self.seed,
+                self.decode_min_side,
+            )  # fmt: skip
 
     @staticmethod
     def _report_problems(source: Source, most: int = 10) -> None:
@@ -166,6 +178,20 @@ class IQSDataModule(pl.LightningDataModule):
                 source.name,
                 len(source.problems) - most,
             )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and batch.get("image") is not None:
+            batch["image"] = self.normalize(batch["image"])
+        return batch
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels from the loaders -> the model's normalised float input, on the batch's
+        device (float batches, from ``resize=digikam``, are already normalised)."""
+        if images.dtype != torch.uint8:
+            return images
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1) * 255.0
+        inv_std = 1.0 / (torch.tensor(self.std, device=images.device).view(1, -1, 1, 1) * 255.0)
+        return (images.float() - mean) * inv_std
 
     def class_counts(self, split: str) -> torch.Tensor:
         """Rows per class in ``split`` (for class-weighted losses)."""
@@ -194,15 +220,16 @@ class IQSDataModule(pl.LightningDataModule):
         dataset = self.datasets[split]
         if len(dataset) == 0:
             raise ValueError(f"the {split} split is empty: check data.split_fractions and sources")
+        workers = self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             sampler=self._train_sampler(split) if shuffle else self._eval_sampler(dataset),
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
+            persistent_workers=self._persistent_workers and workers > 0,
             collate_fn=collate_skip_none,
-            worker_init_fn=seed_worker if self.num_workers > 0 else None,
+            worker_init_fn=seed_worker if workers > 0 else None,
             drop_last=False,
             # Its own generator: making an iterator (which Lightning does at different moments on
             # a fresh and on a resumed run) must not draw from the global one dropout uses.
@@ -227,6 +254,25 @@ class IQSDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
         return sampler
+
+    @property
+    def num_workers(self) -> int:
+        """Loader processes; ``auto``: this process's share of the CPU cores it may use (all
+        cores over the DDP processes of the machine), at most 8."""
+        if self._num_workers != "auto":
+            return int(self._num_workers)
+        trainer = getattr(self, "trainer", None)
+        per_machine = trainer.num_devices if trainer is not None else 1
+        affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere all cores
+        cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+        return max(0, min(8, cores // per_machine))
+
+    @property
+    def pin_memory(self) -> bool:
+        """Page-locked batches (faster copies to a GPU); ``auto``: when a CUDA GPU exists."""
+        if self._pin_memory == "auto":
+            return torch.cuda.is_available()
+        return bool(self._pin_memory)
 
     def _eval_sampler(self, dataset: ManifestDataset) -> UnrepeatedDistributedSampler | None:
         """Distributed: each process evaluates every n-th row, none twice (a padded sampler

@@ -28,7 +28,8 @@ class ManifestDataset(Dataset):
 
     Columns are held as numpy arrays rather than a DataFrame so that worker processes share
     them cheaply. Images of the ``cached_sources`` (all sources when ``None``) are read through
-    ``cache`` when one is given. An unreadable image yields
+    ``cache`` when one is given; the others are decoded reduced down to ``decode_min_side``
+    when it is set (see :func:`iqs.data.images.read_rgb`). An unreadable image yields
     ``None`` (skipped by :func:`collate_skip_none`) and a warning naming the file, instead of
     stopping the run.
     """
@@ -41,6 +42,7 @@ class ManifestDataset(Dataset):
         cache: ImageCache | None = None,
         cached_sources: Sequence[str] | None = None,
         seed: int = 0,
+        decode_min_side: int | None = None,
     ) -> None:
         self.source_names = tuple(source_names)
         index = {name: i for i, name in enumerate(self.source_names)}
@@ -55,6 +57,7 @@ class ManifestDataset(Dataset):
         cached = set(self.source_names if cached_sources is None else cached_sources)
         self.use_cache = np.array([cache is not None and n in cached for n in self.source_names])
         self.seed = int(seed)
+        self.decode_min_side = decode_min_side
         self._warned: set[str] = set()  # per process: every worker holds its own copy
 
     def __len__(self) -> int:
@@ -74,7 +77,7 @@ class ManifestDataset(Dataset):
                 assert self.cache is not None
                 rgb = self.cache.read(path, self.source_name(i), self.image_ids[i])
             else:
-                rgb = read_rgb(path)
+                rgb = read_rgb(path, min_side=self.decode_min_side)
         except UnreadableImage as e:
             if path not in self._warned:
                 self._warned.add(path)

@@ -45,11 +45,15 @@ class UnreadableImage(OSError):
         return type(self), (self.path, self.reason)
 
 
-def read_rgb(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
+def read_rgb(
+    path: str | os.PathLike, max_side: int | None = None, min_side: int | None = None
+) -> np.ndarray:
     """Decode ``path`` to an EXIF-oriented RGB uint8 ``H x W x 3`` array.
 
     With ``max_side``, the longer side is downscaled to ``max_side`` (never upscaled). JPEGs are
     then reduced by the decoder itself (1/2, 1/4 or 1/8), which is much faster for big photos.
+    With ``min_side`` (and no ``max_side``), a JPEG is decoded reduced as far as both sides stay
+    at least ``min_side``, and not resized further: for a caller that resizes anyway.
     Raises :class:`UnreadableImage` for a missing, empty, truncated or undecodable file.
     """
     path = os.fspath(path)
@@ -63,6 +67,8 @@ def read_rgb(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray
         with Image.open(path) as im:
             if max_side is not None:
                 _draft(im, max_side)
+            elif min_side is not None and min(im.size) >= 2 * min_side:
+                im.draft("RGB", (min_side, min_side))  # never below min_side on either side
             im.load()
             rgb = _to_rgb(_exif_transpose(im, path))
     except UnidentifiedImageError:

@@ -55,7 +55,13 @@ class AVA(AnnotatedSource):
     def annotations(self) -> pd.DataFrame:
         path = self.file(self.annotations_file)
         df = read_table(
-            path, _COLUMNS, numeric=_VOTES, delimiter=None, header=False, problems=self.problems
+            path,
+            _COLUMNS,
+            numeric=_VOTES,
+            delimiter=None,
+            header=False,
+            problems=self.problems,
+            usecols=["id", *_VOTES],
         )
         counts = df[_VOTES].to_numpy(np.float64)
         with np.errstate(over="ignore"):  # reported below
@@ -68,8 +74,9 @@ class AVA(AnnotatedSource):
         for line in df.loc[empty, "_line"]:
             self.problems.append(f"{path}:{line}: no votes, left out")
         keep = ~(damaged | empty)
-        df, counts, total = df.loc[keep], counts[keep], total[keep]
-        mean = (counts / total[:, None]) @ np.arange(1, 11, dtype=np.float64)
+        if not keep.all():  # copies of 255,500 rows only when there is something to drop
+            df, counts, total = df.loc[keep], counts[keep], total[keep]
+        mean = counts @ np.arange(1, 11, dtype=np.float64) / total
         ids = df["id"].str.strip()
         split: pd.Series | str = ""
         if self.official_split:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ def read_table(
     delimiter: str | None = ",",
     header: bool = True,
     problems: list[str] | None = None,
+    usecols: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Read a delimited text file into strings, checking the columns this source needs.
 
@@ -40,6 +41,7 @@ def read_table(
             left out and reported.
         delimiter: field separator; ``None`` splits on runs of whitespace.
         problems: bad rows are appended here as ``"<file>:<line>: <what>"``.
+        usecols: the columns returned (default: ``columns``); the others are only checked.
 
     Returns:
         The needed columns (numbers as float) and :data:`LINE`, the line number of each row.
@@ -54,10 +56,10 @@ def read_table(
     problems = problems if problems is not None else []
     records = _records(path, delimiter)
     if header:
-        if not records:
+        first = next(records, None)
+        if first is None:
             raise SourceError(f"{path}: empty file, expected a header line")
-        names = [c.strip() for c in records[0][1]]
-        records = records[1:]
+        names = [c.strip() for c in first[1]]
         # Every named column; unnamed ones (trailing delimiters of a spreadsheet export) are not.
         columns = [c for c in dict.fromkeys(names) if c] if columns is None else columns
         missing = [c for c in columns if c not in names]
@@ -74,29 +76,61 @@ def read_table(
     else:
         names = list(columns)
 
-    width = len(names)
-    good_lines, good_rows = [], []
+    # In chunks, converting numbers as it goes: an AVA-sized table held as strings at once
+    # would take several hundred MB at its peak.
+    columns = list(columns if usecols is None else usecols)
+    width, keep = len(names), [names.index(c) for c in columns]
+    parts: dict[str, list] = {c: [] for c in [*columns, LINE]}
+    lines, rows = [], []
     for line, fields in records:
         if len(fields) != width:
             problems.append(f"{path}:{line}: expected {width} fields, found {len(fields)}")
             continue
-        good_lines.append(line)
-        good_rows.append(fields)
-    df = pd.DataFrame(good_rows, columns=names, dtype=object)[list(columns)]
-    df[LINE] = np.asarray(good_lines, dtype=np.int64)
-    return to_numbers(df, numeric, path, problems)
+        lines.append(line)
+        rows.append([fields[i] for i in keep])
+        if len(rows) == _CHUNK:
+            _add_chunk(parts, rows, lines, columns, numeric, path, problems)
+            lines, rows = [], []
+    if rows or not parts[LINE]:
+        _add_chunk(parts, rows, lines, columns, numeric, path, problems)
+    return pd.DataFrame({c: np.concatenate(p) for c, p in parts.items()})
 
 
-def _records(path: Path, delimiter: str | None) -> list[tuple[int, list[str]]]:
-    """The non-empty rows of ``path`` with their line numbers."""
+_CHUNK = 32_768
+
+
+def _add_chunk(
+    parts: dict[str, list],
+    rows: list[list[str]],
+    lines: list[int],
+    columns: Sequence[str],
+    numeric: Sequence[str],
+    path: Path,
+    problems: list[str],
+) -> None:
+    """Convert one chunk of rows (numbers checked and reported) and add its columns to parts."""
+    df = pd.DataFrame(rows, columns=list(columns), dtype=object)
+    df[LINE] = np.asarray(lines, dtype=np.int64)
+    df = to_numbers(df, numeric, path, problems)
+    for c in parts:  # a copy: a view would keep the chunk's whole block of strings alive
+        parts[c].append(df[c].to_numpy(copy=True))
+
+
+def _records(path: Path, delimiter: str | None) -> Iterator[tuple[int, list[str]]]:
+    """The non-empty rows of ``path`` with their line numbers, one at a time."""
     # utf-8-sig drops the byte-order mark some exports (SPAQ, EVA) start with.
     with open(path, encoding="utf-8-sig", newline="") as f:
         try:
             if delimiter is None:
-                split = [line.split() for line in f.read().splitlines()]
-                return [(i, fields) for i, fields in enumerate(split, start=1) if fields]
+                for i, line in enumerate(f, start=1):
+                    fields = line.split()
+                    if fields:
+                        yield i, fields
+                return
             reader = csv.reader(f, delimiter=delimiter)
-            return [(reader.line_num, row) for row in reader if row]
+            for row in reader:
+                if row:
+                    yield reader.line_num, row
         except UnicodeDecodeError as e:
             raise SourceError(f"{path}: {_not_utf8(e)}") from None
         except csv.Error as e:  # e.g. a field over the csv module's size limit (an unclosed quote)
@@ -132,13 +166,18 @@ def join_counts(counts: pd.DataFrame) -> pd.Series:
     values = counts.to_numpy(np.float64)
     # Whole numbers print as integers, unless too big for int64 (a damaged file).
     if np.array_equal(values, np.round(values)) and np.abs(values).max(initial=0) < 2**62:
-        text = [c.astype(np.int64).astype(str) for _, c in counts.items()]
+        values = values.astype(np.int64)
+        text = [" ".join(map(str, row)) for chunk in _chunks(values) for row in chunk.tolist()]
     else:
-        text = [c.map("{:g}".format) for _, c in counts.items()]
-    out = text[0]
-    for t in text[1:]:
-        out = out + " " + t
-    return out.reset_index(drop=True)
+        text = [" ".join(f"{v:g}" for v in row) for chunk in _chunks(values)
+                for row in chunk.tolist()]  # fmt: skip
+    # Row by row, a chunk at a time: column-wise strings or one big list peak at ~10x this.
+    return pd.Series(text, dtype=object)
+
+
+def _chunks(values: np.ndarray) -> Iterator[np.ndarray]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
 
 
 def _delimiter_hint(names: list[str], columns: Sequence[str], delimiter: str | None) -> str:
