@@ -142,6 +142,13 @@ class AnnotatedSource(Source):
         """Manifest rows of the images that exist; ``include_dropped`` keeps the rows the label
         rule leaves out (label ``DROP``), e.g. to check every image of a download."""
         df = self._inside_root(self.annotations())
+        labels = df["label"] if "label" in df else self.rule(df["raw_score"].to_numpy())
+        dropped = np.asarray(labels == DROP)
+        if dropped.any() and not include_dropped:
+            # Before any path or id text is made: AVA's rule leaves out ~40% of 255,500 rows.
+            log.info("%s: %d rows left out by the label rule %s", self.name, dropped.sum(),
+                     self.rule)  # fmt: skip
+            df, labels = df.loc[~dropped].reset_index(drop=True), labels[~dropped]
         lo, hi = self.score_range
         out = pd.DataFrame(
             {
@@ -150,7 +157,7 @@ class AnnotatedSource(Source):
                 "image_id": f"{self.family}:" + df["id"].astype(str),
                 "split": df.get("split", ""),
                 "score": ((df["raw_score"].to_numpy(np.float64) - lo) / (hi - lo)).clip(0, 1),
-                "label": df["label"] if "label" in df else self.rule(df["raw_score"].to_numpy()),
+                "label": np.asarray(labels),
                 "histogram": df.get("histogram", ""),
                 "raw_score": df["raw_score"].to_numpy(),
             }
@@ -160,12 +167,6 @@ class AnnotatedSource(Source):
             out["group"] = f"{self.family}:" + df["group"].astype(str)
         if self.check_files:
             out = self._existing(out)
-        dropped = out["label"] == DROP
-        if dropped.any() and not include_dropped:
-            log.info(
-                "%s: %d rows left out by the label rule %s", self.name, dropped.sum(), self.rule
-            )
-            out = out.loc[~dropped]
         return out.reset_index(drop=True)
 
     def _inside_root(self, df: pd.DataFrame) -> pd.DataFrame:

@@ -96,7 +96,7 @@ def read_table(
     return pd.DataFrame({c: np.concatenate(p) for c, p in parts.items()})
 
 
-_CHUNK = 32_768
+_CHUNK = 8_192
 
 
 def _add_chunk(
