@@ -23,13 +23,13 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 
 def is_rank_zero() -> bool:
-    """True in the one process that writes files (rank zero of every node together)."""
+    """True in the one process of a distributed run that writes files (global rank 0)."""
     return rank_zero_only.rank == 0
 
 
 def _quote(value: str) -> str:
     # Run directories may hold '=' and ',' (override names); a quoted Hydra string takes them.
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + value.replace('"', '\\"') + '"'
 
 
 def child_command(local_rank: int) -> tuple[Sequence[str], str]:
