@@ -458,10 +458,10 @@ How to read it:
   can fall either side of it from one run to the next.
 
 Known reasons where a row can say **no** (as measured when this script was written):
-- *1024x768, 1 worker*: the decode-only loader's worker has the second core to itself, while
-  the pipeline's worker also augments (the area-interpolated random resized crop is ~0.8 ms of
-  ~5 ms per photo); with 0 or 2 workers the pipeline is at or above the limit.
-- *resnet18 in ONNX Runtime*: ~1.26-1.31x, around its 1.3x line: PyTorch's CPU convolutions
+- *1024x768, 1 worker*: 0.67-0.89x over runs. One worker does all of decode and augmentation
+  (the area-interpolated random resized crop is ~0.8 ms of ~5 ms per photo) and hands each batch
+  over to the main process; with 0 or 2 workers the pipeline is at or above the limit.
+- *resnet18 in ONNX Runtime*: 1.22-1.31x over runs, around its 1.3x line: PyTorch's CPU convolutions
   (oneDNN) are already fast for plain ResNet blocks; the default backbone is ~2-3x faster in ORT.
 - *Memory*: the manifest kept after setup grows by ~50 MB from 10k to 250k rows; the peak adds
   the transient parse and split tables of 255,500 rows (~110 MB growth, down from ~440 MB by
