@@ -71,7 +71,6 @@ class QualityMetrics(nn.Module):
         self.per_source = nn.ModuleList(_collection(len(class_names)) for _ in source_names)
         self.loss = MeanMetric()
         self.skipped_images = SumMetric()
-        self._batches = 0
         # Not persistent: an accumulator, not a weight (checkpoints must not depend on the mix).
         self.register_buffer(
             "counts", torch.zeros(len(source_names), dtype=torch.long), persistent=False
@@ -93,16 +92,15 @@ class QualityMetrics(nn.Module):
         """The batch's mean loss and the number of its unreadable images."""
         self.loss.update(loss, weight=batch_size)
         self.skipped_images.update(torch.as_tensor(skipped, dtype=torch.float32))
-        self._batches += 1
 
     def compute(self) -> dict[str, Tensor]:
         out = _flatten(self.overall.compute(), self.class_names)
-        if self._batches_synced():
+        counts, batches = self._synced_counts()
+        if batches:  # update_batch was used (training stages; not iqs-eval)
             out["loss"] = self.loss.compute()
             out["skipped_images"] = self.skipped_images.compute()
         out["srcc_pooled"] = out.pop("srcc")
         per_source_srcc = []
-        counts = self._synced_counts()
         for name, metrics, n in zip(self.source_names, self.per_source, counts):
             if n < 2:  # a source absent from this stage (or a single row) has no correlation
                 continue
@@ -125,20 +123,16 @@ class QualityMetrics(nn.Module):
         self.counts.zero_()
         self.loss.reset()
         self.skipped_images.reset()
-        self._batches = 0
 
-    def _batches_synced(self) -> int:
-        batches = torch.tensor(self._batches, device=self.counts.device)
+    def _synced_counts(self) -> tuple[list[int], int]:
+        """Rows per source and batches given to :meth:`update_batch`, summed over processes
+        (one collective), so that every process computes the same metrics."""
+        batches = torch.tensor([self.loss.update_count], device=self.counts.device)
+        counts = torch.cat([self.counts, batches])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(batches)
-        return int(batches)
-
-    def _synced_counts(self) -> list[int]:
-        counts = self.counts
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            counts = counts.clone()
             torch.distributed.all_reduce(counts)
-        return counts.tolist()
+        *per_source, total_batches = counts.tolist()
+        return per_source, total_batches
 
 
 def _update(
