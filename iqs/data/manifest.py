@@ -42,7 +42,7 @@ def validate(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(f"{where}: missing column(s) {missing}; expected {list(COLUMNS)}")
-    df = df.copy()
+    df = df.copy(deep=False)  # copy-on-write: columns replaced below are new, the rest shared
     df["score"] = pd.to_numeric(df["score"], errors="coerce")
     bad = df.index[~df["score"].between(0.0, 1.0)]
     if len(bad):

@@ -14,7 +14,13 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from iqs.data.labels import NUM_CLASSES
 from iqs.data.manifest import SPLITS, TRAINVAL, ManifestError
+
+# Integer codes per group and row rather than group-name tables: AVA has ~150k groups, and
+# string-keyed groupbys and dicts of them took ~55 MB at the peak.
+_NONE = -1  # a group without a given split
+_TRAINVAL = len(SPLITS)  # ``trainval`` after the codes of SPLITS
 
 
 def assign_group_splits(
@@ -29,51 +35,82 @@ def assign_group_splits(
         raise ValueError(f"split fractions must name {SPLITS}, got {list(fractions)}")
     if sum(fractions.values()) <= 0 or any(v < 0 for v in fractions.values()):
         raise ValueError(f"split fractions must be non-negative and sum > 0, got {fractions}")
-    df = df.copy()
-    given = df.loc[df["split"].isin(SPLITS), ["group", "split"]].drop_duplicates()
-    conflicts = given.loc[given["group"].duplicated(keep=False)]
-    if len(conflicts):
-        example = conflicts.groupby("group")["split"].agg(sorted).head(3).to_dict()
+    group, names = pd.factorize(df["group"], sort=True)
+    row_split = pd.Series(df["split"]).map(
+        {**{s: i for i, s in enumerate(SPLITS)}, TRAINVAL: _TRAINVAL}
+    ).fillna(_NONE).to_numpy(np.int64)  # fmt: skip
+    split_of = _given_splits(group, row_split, names)
+
+    todo = split_of[group] == _NONE
+    if todo.any():
+        # One stratum per group: its first row's source and its most common class (the
+        # smallest on ties).
+        rows = np.flatnonzero(todo)
+        codes, first = np.unique(group[rows], return_index=True)
+        source, source_names = pd.factorize(df["source"].to_numpy()[rows][first])
+        counts = np.bincount(
+            group[rows] * NUM_CLASSES + df["label"].to_numpy(np.int64)[rows],
+            minlength=len(names) * NUM_CLASSES,
+        ).reshape(len(names), NUM_CLASSES)[codes]
+        stratum = source * NUM_CLASSES + counts.argmax(axis=1)
+        stratum_names = [f"{s}/{c}" for s in source_names for c in range(NUM_CLASSES)]
+        trainval = np.bincount(group[rows], row_split[rows] == _TRAINVAL, len(names))[codes] > 0
+        for is_trainval in (False, True):
+            part = trainval == is_trainval
+            if not part.any():
+                continue
+            shares = {s: fractions[s] for s in (("train", "val") if is_trainval else SPLITS)}
+            for picked, name in _split(codes[part], stratum[part], stratum_names, shares, seed):
+                split_of[picked] = SPLITS.index(name)
+    out = df.copy(deep=False)  # copy-on-write: only the new column is new memory
+    out["split"] = np.asarray(SPLITS, dtype=object)[split_of[group]]
+    return out
+
+
+def _given_splits(group: np.ndarray, row_split: np.ndarray, names: pd.Index) -> np.ndarray:
+    """Per group: the code of the split its rows were given, or ``_NONE``.
+
+    Raises:
+        ManifestError: a group was given two splits, or is ``trainval`` and ``test``.
+    """
+    given = row_split >= 0
+    given &= row_split != _TRAINVAL
+    pairs = pd.DataFrame({"group": group[given], "split": row_split[given]}).drop_duplicates()
+    twice = pairs["group"].duplicated(keep=False)
+    if twice.any():
+        conflicts = pairs.loc[twice]
+        example = (
+            conflicts.assign(group=names[conflicts["group"]], split=conflicts["split"].map(
+                dict(enumerate(SPLITS))))
+            .groupby("group")["split"].agg(sorted).head(3).to_dict()
+        )  # fmt: skip
         raise ManifestError(
             f"{conflicts['group'].nunique()} group(s) were given different splits by their "
             f"sources, e.g. {example}"
         )
-    split_of = dict(zip(given["group"], given["split"]))
-    constrained = df.loc[df["split"] == TRAINVAL, "group"]
-    bad = constrained[constrained.map(split_of) == "test"].unique()
+    split_of = np.full(len(names), _NONE, dtype=np.int64)
+    split_of[pairs["group"].to_numpy()] = pairs["split"].to_numpy()
+    test = SPLITS.index("test")
+    bad = np.unique(group[(row_split == _TRAINVAL) & (split_of[group] == test)])
     if len(bad):
         raise ManifestError(
-            f"group(s) {list(bad[:5])} are 'trainval' in one source, 'test' in another"
+            f"group(s) {list(names[bad[:5]])} are 'trainval' in one source, 'test' in another"
         )
-
-    todo = df.loc[~df["group"].isin(split_of)]
-    if len(todo):
-        # One stratum per group: its first row's source and its most common class.
-        by_group = todo.groupby("group", sort=True)
-        label_counts = todo.groupby(["group", "label"]).size().rename("n").reset_index()
-        mode = label_counts.sort_values(["group", "n", "label"], ascending=[True, False, True])
-        groups = pd.DataFrame(
-            {
-                "source": by_group["source"].first(),
-                "label": mode.drop_duplicates("group").set_index("group")["label"],
-                "trainval": todo["split"].eq(TRAINVAL).groupby(todo["group"]).any(),
-            }
-        )
-        strata = groups["source"].astype(str) + "/" + groups["label"].astype(str)
-        for trainval, part in groups.groupby("trainval"):
-            shares = {s: fractions[s] for s in (("train", "val") if trainval else SPLITS)}
-            split_of.update(_split(part.index.to_numpy(), strata[part.index], shares, seed))
-    df["split"] = df["group"].map(split_of)
-    return df
+    return split_of
 
 
-def _split(groups: np.ndarray, strata: pd.Series, shares: dict[str, float], seed: int) -> dict:
-    """Groups -> split name with sklearn's stratified shuffle, by shares; a split with a
-    positive share gets at least one group when there are enough groups."""
-    result: dict = {}
+def _split(
+    groups: np.ndarray,
+    strata: np.ndarray,
+    stratum_names: list[str],
+    shares: dict[str, float],
+    seed: int,
+) -> list[tuple[np.ndarray, str]]:
+    """Groups -> (groups, split name) parts with sklearn's stratified shuffle, by shares; a
+    split with a positive share gets at least one group when there are enough groups."""
+    result: list[tuple[np.ndarray, str]] = []
     names = [s for s in shares if shares[s] > 0]
-    counts = strata.value_counts()
-    labels = strata.where(strata.map(counts) >= 2, "rare").to_numpy()
+    labels = _stratum_labels(strata, stratum_names)
     remaining = groups
     total = sum(shares[s] for s in names)
     for name in names[:0:-1]:  # peel off the last splits (test, then val), keep train last
@@ -89,8 +126,18 @@ def _split(groups: np.ndarray, strata: pd.Series, shares: dict[str, float], seed
             rest, picked, rest_labels, _ = train_test_split(
                 remaining, labels, test_size=size, random_state=seed
             )
-        result.update(dict.fromkeys(picked, name))
+        result.append((picked, name))
         remaining, labels = rest, rest_labels
         total -= shares[name]
-    result.update(dict.fromkeys(remaining, names[0]))
+    result.append((remaining, names[0]))
     return result
+
+
+def _stratum_labels(strata: np.ndarray, stratum_names: list[str]) -> np.ndarray:
+    """Stratum codes -> sklearn's stratify labels: strata of one group join a ``rare`` stratum,
+    and the labels are ranks of the names (``<source>/<class>``, ``rare``) in sorted order, so
+    sklearn meets the strata in the order of their names whatever the codes were."""
+    codes, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
+    named = ["rare" if n < 2 else stratum_names[c] for c, n in zip(codes, counts)]
+    rank = {name: i for i, name in enumerate(sorted(set(named)))}
+    return np.array([rank[name] for name in named], dtype=np.int64)[inverse]

@@ -53,6 +53,28 @@ class AVA(AnnotatedSource):
         return read_id_list(self.first_file(self.test_list, "official test list"))
 
     def annotations(self) -> pd.DataFrame:
+        ids, mean, histogram = self._votes()
+        split: np.ndarray | str = ""
+        if self.official_split:
+            test = set(self.test_ids())
+            # Indexing an object array shares its two strings: np.where would make a string
+            # object per row (~15 MB for AVA).
+            names = np.array(["trainval", "test"], dtype=object)
+            split = names[ids.isin(test).to_numpy(dtype=np.intp)]
+        return pd.DataFrame(
+            {
+                "id": ids.to_numpy(),
+                "file": (ids + ".jpg").to_numpy(),
+                "raw_score": mean,
+                "histogram": histogram,
+                "split": split,
+            }
+        )
+
+    def _votes(self) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+        """Ids, mean votes and histogram text of the rows with usable votes. Its own function
+        so that the parsed table (~20 MB of vote counts for AVA) is freed before more text is
+        made."""
         path = self.file(self.annotations_file)
         df = read_table(
             path,
@@ -77,17 +99,5 @@ class AVA(AnnotatedSource):
         if not keep.all():  # copies of 255,500 rows only when there is something to drop
             df, counts, total = df.loc[keep], counts[keep], total[keep]
         mean = counts @ np.arange(1, 11, dtype=np.float64) / total
-        ids = df["id"].str.strip()
-        split: pd.Series | str = ""
-        if self.official_split:
-            test = set(self.test_ids())
-            split = pd.Series(np.where(ids.isin(test), "test", "trainval"))
-        return pd.DataFrame(
-            {
-                "id": ids.to_numpy(),
-                "file": (ids + ".jpg").to_numpy(),
-                "raw_score": mean,
-                "histogram": join_counts(df[_VOTES]).to_numpy(),
-                "split": split,
-            }
-        )
+        ids = df["id"].str.strip().reset_index(drop=True)
+        return ids, mean, join_counts(counts).to_numpy()

@@ -93,7 +93,9 @@ def read_table(
             lines, rows = [], []
     if rows or not parts[LINE]:
         _add_chunk(parts, rows, lines, columns, numeric, path, problems)
-    return pd.DataFrame({c: np.concatenate(p) for c, p in parts.items()})
+    # Each column's chunks are freed as soon as it is joined: all of them at once beside the
+    # joined table would double the peak.
+    return pd.DataFrame({c: np.concatenate(parts.pop(c)) for c in list(parts)})
 
 
 _CHUNK = 8_192
@@ -161,17 +163,21 @@ def to_numbers(
     return df.loc[~bad].reset_index(drop=True)
 
 
-def join_counts(counts: pd.DataFrame) -> pd.Series:
-    """Vote counts per column as the manifest's space-separated histogram text."""
-    values = counts.to_numpy(np.float64)
+def join_counts(counts: pd.DataFrame | np.ndarray) -> pd.Series:
+    """Vote counts (a column per bin) as the manifest's space-separated histogram text."""
+    values = np.asarray(counts, dtype=np.float64)
+    # Row by row, a chunk at a time (checks and integer copies too): column-wise strings, one
+    # big list or whole-table temporaries peak at several times the text's size.
     # Whole numbers print as integers, unless too big for int64 (a damaged file).
-    if np.array_equal(values, np.round(values)) and np.abs(values).max(initial=0) < 2**62:
-        values = values.astype(np.int64)
-        text = [" ".join(map(str, row)) for chunk in _chunks(values) for row in chunk.tolist()]
+    whole = all(
+        np.array_equal(c, np.round(c)) and np.abs(c).max(initial=0) < 2**62 for c in _chunks(values)
+    )
+    if whole:
+        text = [" ".join(map(str, row)) for chunk in _chunks(values)
+                for row in chunk.astype(np.int64).tolist()]  # fmt: skip
     else:
         text = [" ".join(f"{v:g}" for v in row) for chunk in _chunks(values)
                 for row in chunk.tolist()]  # fmt: skip
-    # Row by row, a chunk at a time: column-wise strings or one big list peak at ~10x this.
     return pd.Series(text, dtype=object)
 
 
