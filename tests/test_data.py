@@ -253,6 +253,32 @@ def test_digikam_resize_feeds_the_model_what_the_exported_graph_sees(size):
     assert (area - want).abs().max() > 1e-2  # the default differs: this test can tell them apart
 
 
+def test_antialiased_resize_is_close_to_area_and_crops_like_albumentations():
+    """data.resize=antialias: within a few grey levels of OpenCV's area interpolation on a photo,
+    and the random resized crop draws albumentations' crops (same seed, same region)."""
+    import albumentations as A
+    import skimage.data
+
+    from iqs.data.transforms import AntialiasedRandomResizedCrop, resize_antialiased
+
+    rgb = cv2.resize(skimage.data.astronaut(), (512, 384), interpolation=cv2.INTER_AREA)
+    for height, width in [(224, 224), (300, 200), (77, 101)]:
+        got = resize_antialiased(rgb, height, width)
+        assert got.shape == (height, width, 3) and got.dtype == np.uint8
+        assert got.flags.c_contiguous
+        area = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+        assert np.abs(got.astype(float) - area).mean() < 3
+    blank = resize_antialiased(np.zeros((384, 512, 3), np.uint8), 224, 224)
+    assert np.abs(resize_antialiased(rgb, 224, 224).astype(float) - blank).mean() > 50
+    kwargs = {"size": (160, 160), "scale": (0.2, 0.5), "ratio": (0.7, 1.4)}
+    for seed in range(5):
+        ours = A.Compose([AntialiasedRandomResizedCrop(**kwargs)], seed=seed)(image=rgb)["image"]
+        theirs = A.Compose(
+            [A.RandomResizedCrop(**kwargs, interpolation=cv2.INTER_AREA)], seed=seed
+        )(image=rgb)["image"]
+        assert np.abs(ours.astype(float) - theirs).mean() < 3
+
+
 def test_loaders_move_uint8_and_normalise_on_the_device(tmp_path):
     """Workers hand over uint8 pixels; normalisation after the transfer equals albumentations'."""
     from iqs.data.transforms import eval_transform
@@ -265,7 +291,7 @@ def test_loaders_move_uint8_and_normalise_on_the_device(tmp_path):
     rows = dm.datasets["val"]
     from iqs.data.images import read_rgb
 
-    tf = eval_transform(48, dm.mean, dm.std, "area")  # normalising inside albumentations
+    tf = eval_transform(48, dm.mean, dm.std, dm.resize)  # normalising inside albumentations
     expected = torch.stack([tf(image=read_rgb(rows.paths[i]))["image"] for i in range(4)])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     assert dm.normalize(got) is got  # float batches (resize=digikam) pass through

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import StepClock, compose_train, epoch_rate, make_photos  # noqa: E402
+from run import StepClock, best_rates, compose_train, make_photos  # noqa: E402
 
 from iqs.train import build  # noqa: E402
 
@@ -81,7 +81,8 @@ def loader_rate(tmp: Path, n: int, size: int, batch: int, cached: bool) -> tuple
     ])  # fmt: skip
     datamodule, _ = build(cfg)
     datamodule.setup()
-    return epoch_rate(datamodule.train_dataloader, len(datamodule.datasets["train"])), (
+    n = len(datamodule.datasets["train"])
+    return best_rates({"pipeline": datamodule.train_dataloader}, n, 1)["pipeline"], (
         datamodule.num_workers
     )
 

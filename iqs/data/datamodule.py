@@ -41,8 +41,10 @@ class IQSDataModule(pl.LightningDataModule):
         train_scale, train_ratio, hflip: random resized crop and flip settings for training.
         cache: ``{dir, max_side, quality}`` of the resize cache that sources with ``cache: true``
             read through (``None``: off).
-        resize: ``area`` (the best downscale) or ``digikam`` (train and evaluate on what digiKam
-            feeds an exported model: 299 px nearest neighbour, then the model's size).
+        resize: ``antialias`` (bilinear with antialiasing: close to area interpolation,
+            faster), ``area`` (OpenCV's area interpolation) or ``digikam`` (train and evaluate on
+            what digiKam feeds an exported model: 299 px nearest neighbour, then the model's
+            size).
         train_crop_from: resize training photos to this square side, then random-crop
             ``image_size`` (the study: 320 -> 299) instead of a random resized crop.
         decode_margin: photos read without the cache are decoded reduced (JPEG 1/2, 1/4,
@@ -71,7 +73,7 @@ class IQSDataModule(pl.LightningDataModule):
         hflip: bool = True,
         cache: Mapping[str, Any] | None = None,
         labels: Mapping[str, Any] | None = None,
-        resize: str = "area",
+        resize: str = "antialias",
         train_crop_from: int | None = None,
         decode_margin: float | None = 1.5,
     ) -> None:
