@@ -161,6 +161,20 @@ def test_conflicting_splits_for_one_photo_are_an_error():
         assign_group_splits(df, {"train": 0.8, "val": 0.1, "test": 0.1}, 0)
 
 
+def test_trainval_and_test_for_one_photo_are_an_error_and_input_is_untouched():
+    df = pd.DataFrame(
+        {"group": ["a", "a", "b"], "split": ["trainval", "test", ""], "source": "s", "label": 0}
+    )
+    before = df.copy()
+    with pytest.raises(mf.ManifestError, match=r"\['a'\] are 'trainval' in one source"):
+        assign_group_splits(df, {"train": 0.8, "val": 0.1, "test": 0.1}, 0)
+    df.loc[1, "split"] = ""
+    before.loc[1, "split"] = ""
+    out = assign_group_splits(df, {"train": 0.8, "val": 0.1, "test": 0.1}, 0)
+    pd.testing.assert_frame_equal(df, before)  # the caller's table keeps its splits
+    assert set(out.loc[out["group"] == "a", "split"]) <= {"train", "val"}
+
+
 def test_seeded_split_is_stratified_by_class_and_reproducible():
     n = 1000
     df = pd.DataFrame(
