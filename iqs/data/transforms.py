@@ -91,7 +91,8 @@ def resize_antialiased(image: np.ndarray, height: int, width: int) -> np.ndarray
     """``H x W x C`` image -> ``height x width x C``, bilinear with antialiasing (PyTorch's, as
     torchvision resizes tensors). Close to area interpolation when shrinking, and on uint8 ~3x
     faster than OpenCV's at the non-integer ratios a random resized crop makes (its fast path
-    is for whole ratios): ~0.3 of a 1024x768 photo's ~4 ms in a loader worker."""
+    is for whole ratios): ~0.3 ms instead of ~0.8 ms of a 1024x768 photo's ~5 ms in a loader
+    worker."""
     pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
     out = F.interpolate(pixels, size=(height, width), mode="bilinear", antialias=True)
     return out[0].permute(1, 2, 0).contiguous().numpy()
