@@ -10,6 +10,7 @@ same batches and crops as one never interrupted, whatever the number of loader w
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -69,8 +70,8 @@ class ManifestDataset(Dataset):
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any] | None:
         """``index`` is a row, or ``(row, epoch)`` from :class:`EpochSampler`."""
         i, epoch = index if isinstance(index, tuple) else (index, None)
-        if epoch is not None and hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(_mix(self.seed, epoch, i))
+        if epoch is not None:
+            reseed(self.transform, _mix(self.seed, epoch, i))
         path = self.paths[i]
         try:
             if self.use_cache[self.sources[i]]:
@@ -144,12 +145,21 @@ def _mix(*values: int) -> int:
     return int(np.random.SeedSequence([v % 2**32 for v in values]).generate_state(1)[0])
 
 
+def reseed(transform: Callable, seed: int) -> None:
+    """Seed an albumentations pipeline with one numpy and one Python generator that all its
+    transforms draw from in turn. (``Compose.set_random_seed`` gives each transform its own
+    generators with the same seed, so their draws repeat each other: the flip was decided by
+    the number that also sized the crop, and flipped crops were smaller.)"""
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed the worker's augmentation stream from the worker's
     torch seed (itself derived from the global seed, the worker id and the epoch)."""
     info = torch.utils.data.get_worker_info()
-    if info is not None and hasattr(info.dataset.transform, "set_random_seed"):
-        info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+    if info is not None:
+        reseed(info.dataset.transform, torch.initial_seed() % 2**32)
 
 
 def collate_skip_none(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
