@@ -477,11 +477,13 @@ How to read it:
 Close calls, and why a row can say **no** (as measured when this script was written):
 - *resnet18 in ONNX Runtime*: 1.18-1.33x over runs, around its 1.3x line: PyTorch's CPU convolutions
   (oneDNN) are already fast for plain ResNet blocks; the default backbone is ~2-3x faster in ORT.
-- *1024x768 pipeline*: over four runs with `data.resize=antialias` 0.93-1.05x at 0 workers,
-  0.88-1.05x at 1 and 0.83-0.96x at 2 (was 0.67-0.89x at 1 worker with OpenCV's area resize,
+- *1024x768 pipeline*: over five runs with `data.resize=antialias` 0.92-1.05x at 0 workers,
+  0.88-1.05x at 1 and 0.83-0.97x at 2 (was 0.67-0.89x at 1 worker with OpenCV's area resize,
   ~0.8 ms of ~5 ms per photo). The pipeline decodes reduced (~3.1 ms) and then spends ~1.5 ms on
   the crop, flip, seeding, collation and hand-over, so it sits near the full-size decode's
   ~4.5 ms; at 2 workers the workers and the main process share the 2 cores.
+- *Lightning loop*: 0.93-1.07x over runs; at ~0.4 s per step on 2 shared cores the two loops'
+  best-of-two times differ by about as much as the machine's noise.
 - *Memory*: +63 MB peak growth (was +111 MB): AVA's vote table is freed before the histogram
   text is made, split names are shared strings, splits are assigned on integer group codes.
 """
