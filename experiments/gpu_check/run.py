@@ -81,10 +81,9 @@ def loader_rate(tmp: Path, n: int, size: int, batch: int, cached: bool) -> tuple
     ])  # fmt: skip
     datamodule, _ = build(cfg)
     datamodule.setup()
-    n = len(datamodule.datasets["train"])
-    return best_rates({"pipeline": datamodule.train_dataloader}, n, 1)["pipeline"], (
-        datamodule.num_workers
-    )
+    rows = len(datamodule.datasets["train"])
+    rate = best_rates({"pipeline": datamodule.train_dataloader}, rows, 1)["pipeline"]
+    return rate, datamodule.num_workers
 
 
 def main() -> None:
