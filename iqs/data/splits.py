@@ -36,9 +36,8 @@ def assign_group_splits(
     if sum(fractions.values()) <= 0 or any(v < 0 for v in fractions.values()):
         raise ValueError(f"split fractions must be non-negative and sum > 0, got {fractions}")
     group, names = pd.factorize(df["group"], sort=True)
-    row_split = pd.Series(df["split"]).map(
-        {**{s: i for i, s in enumerate(SPLITS)}, TRAINVAL: _TRAINVAL}
-    ).fillna(_NONE).to_numpy(np.int64)  # fmt: skip
+    codes = {**{s: i for i, s in enumerate(SPLITS)}, TRAINVAL: _TRAINVAL}
+    row_split = df["split"].map(codes).fillna(_NONE).to_numpy(np.int64)
     split_of = _given_splits(group, row_split, names)
 
     todo = split_of[group] == _NONE
@@ -73,8 +72,7 @@ def _given_splits(group: np.ndarray, row_split: np.ndarray, names: pd.Index) -> 
     Raises:
         ManifestError: a group was given two splits, or is ``trainval`` and ``test``.
     """
-    given = row_split >= 0
-    given &= row_split != _TRAINVAL
+    given = (row_split >= 0) & (row_split != _TRAINVAL)
     pairs = pd.DataFrame({"group": group[given], "split": row_split[given]}).drop_duplicates()
     twice = pairs["group"].duplicated(keep=False)
     if twice.any():
