@@ -39,11 +39,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from torch.utils.data import DataLoader, Dataset
 
-from iqs.data.images import read_rgb
+from iqs.data.images import read_rgb, reuse_freed_memory
 from iqs.train import CONFIG_DIR, build
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 16
+# predict: the default, a plain ResNet, and the study's InceptionV3 (the model digiKam ships)
+PREDICT_BACKBONES = ("mobilenetv3_small_100", "resnet18", "inception_v3")
 
 
 @dataclass
@@ -256,7 +258,7 @@ def loop_rows(quick: bool) -> list[Row]:
         return (steps - skip) / (clock.end - clock.start)
 
     torch.manual_seed(0)
-    runs = [(plain(), lightning()) for _ in range(2)]  # interleaved: drift hits both alike
+    runs = [(plain(), lightning()) for _ in range(3)]  # interleaved: drift hits both alike
     plain_best, lightning_best = (max(r) for r in zip(*runs))
     ratio = lightning_best / plain_best
     return [Row(f"training loop, {cfg.model.backbone.name} {size} px, batch 32, "
@@ -293,7 +295,7 @@ def predict_rows(tmp: Path, quick: bool) -> list[Row]:
     decode_s = (time.perf_counter() - start) / len(photos)
     batches = [blobs[i : i + BATCH] for i in range(0, len(blobs), BATCH)]
     rows = []
-    for backbone in ("mobilenetv3_small_100", "resnet18"):
+    for backbone in PREDICT_BACKBONES:
         cfg = compose_train([f"model={backbone}", "paths.root_dir=.", "paths.output_dir=."])
         inp = input_config(backbone)
         deployed = DeployedModel(build_model(cfg, ["data"]), inp.size, inp.mean, inp.std).eval()
@@ -464,26 +466,34 @@ How to read it:
   untimed first epoch) against the uncached pipeline.
 - *Lightning loop*: `Trainer.fit` on in-memory batches vs a hand-written loop doing the same
   forward, loss, metric update, backward and step; steady state (first steps and fit start-up
-  excluded), best of two runs each, interleaved.
+  excluded), best of three runs each, interleaved.
 - *Predict*: the exported digiKam graph (299 px [-1, 1] input, probabilities out) in ONNX Runtime
   vs the same module in eager PyTorch, same preprocessed photos; the share row is decode +
   digiKam's resize of a 1024x768 JPEG vs the ONNX model's time per photo.
 - *Memory*: the peak of what `IQSDataModule.setup()` allocates (tracemalloc: Python objects and
   numpy/pandas buffers) on a generated `AVA.txt` of that many rows (real format), each size in a
   fresh process; *kept* is what stays allocated after it.
+- *Allocator*: every section runs with `iqs.data.images.reuse_freed_memory()`, as the iqs
+  commands do: glibc then reuses freed buffers of up to 32 MB instead of mapping and faulting in
+  fresh pages for each photo or batch. Without it a full-size 1024x768 decode took 4.5 or 8.7 ms
+  depending on the process's history (~1,900 page faults per photo), and PyTorch's eager predict
+  ran at 270 instead of 430-490 img/s (mobilenetv3_small_100).
 - Timings on a shared 2-core machine move by about +-10% between runs; a ratio near its target
   can fall either side of it from one run to the next.
 
 Close calls, and why a row can say **no** (as measured when this script was written):
-- *resnet18 in ONNX Runtime*: 1.18-1.33x over runs, around its 1.3x line: PyTorch's CPU convolutions
-  (oneDNN) are already fast for plain ResNet blocks; the default backbone is ~2-3x faster in ORT.
-- *1024x768 pipeline*: over five runs with `data.resize=antialias` 0.92-1.05x at 0 workers,
-  0.88-1.05x at 1 and 0.83-0.97x at 2 (was 0.67-0.89x at 1 worker with OpenCV's area resize,
-  ~0.8 ms of ~5 ms per photo). The pipeline decodes reduced (~3.1 ms) and then spends ~1.5 ms on
-  the crop, flip, seeding, collation and hand-over, so it sits near the full-size decode's
-  ~4.5 ms; at 2 workers the workers and the main process share the 2 cores.
+- *ONNX Runtime vs eager*: the default backbone 1.8-2.0x; the study's InceptionV3 (digiKam's
+  model) 1.34-1.38x; resnet18 1.13-1.17x, under its 1.3x line. PyTorch's CPU convolutions
+  (oneDNN) are already fast for plain ResNet blocks; the ratios were higher (resnet18 1.18-1.33x,
+  default 2.5-3.1x) only while eager PyTorch page-faulted its activations, before the allocator
+  setting above. No ONNX Runtime session option helped (threads, spinning, arena; its default
+  full graph optimisation is the fastest).
+- *1024x768 pipeline*: 0.93-1.05x over this script's runs since decoding stopped faulting (it
+  was 0.83-1.05x). The pipeline decodes reduced (~3.3 ms) and then spends ~0.8 ms on the crop,
+  flip, seeding, collation and hand-over, against ~4-4.5 ms for a full-size decode; at 2
+  workers the workers and the main process share the 2 cores.
 - *Lightning loop*: 0.93-1.07x over runs; at ~0.4 s per step on 2 shared cores the two loops'
-  best-of-two times differ by about as much as the machine's noise.
+  best-of-three times differ by about as much as the machine's noise.
 - *Memory*: +63 MB peak growth (was +111 MB): AVA's vote table is freed before the histogram
   text is made, split names are shared strings, splits are assigned on integer group codes.
 """
@@ -510,6 +520,7 @@ def main() -> None:
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:  # task, temporary folder, arguments
+        reuse_freed_memory()  # as the iqs commands do, for both sides of every ratio
         task, tmp, *rest = args.child
         if task == "memory-child":
             result: object = memory_child(int(rest[0]), rest[1])

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from iqs.data.datamodule import IQSDataModule
-from iqs.data.images import UnreadableImage, read_rgb
+from iqs.data.images import UnreadableImage, read_rgb, reuse_freed_memory
 from iqs.data.labels import CLASS_NAMES
 from iqs.data.transforms import eval_transform
 from iqs.deploy import DeployedModel, digikam_preprocess
@@ -207,6 +207,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
+    reuse_freed_memory()  # the model's process too, not only the decoding workers
     report = evaluate(cfg)
     print(format_report(report))
     log.info("written to %s", cfg.paths.output_dir)

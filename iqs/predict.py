@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from iqs.data.images import UnreadableImage, read_rgb
+from iqs.data.images import UnreadableImage, read_rgb, reuse_freed_memory
 from iqs.data.labels import CLASS_NAMES, PICK_LABEL
 from iqs.data.transforms import eval_transform
 from iqs.deploy import DeployedModel, digikam_preprocess
@@ -208,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="decoding processes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    reuse_freed_memory()  # the model's process too, when workers decode
     _enable_heif()
     photos = find_photos(args.paths)
     if not photos:

@@ -28,6 +28,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from iqs.callbacks import CheckpointSaveError, DivergenceError
 from iqs.data.datamodule import IQSDataModule
+from iqs.data.images import reuse_freed_memory
 from iqs.data.manifest import ManifestError
 from iqs.data.sources.base import SourceError
 from iqs.distributed import distributed_job, is_rank_zero, use_hydra_child_command
@@ -231,6 +232,7 @@ def _multirun() -> bool:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     started = time.time()
+    reuse_freed_memory()  # CPU steps and loader workers (forked after this) fault less
     _write_status(cfg, "running", started)
     try:
         with distributed_job():

@@ -8,10 +8,13 @@ not decode 12 MP originals again.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import logging
 import multiprocessing
 import os
+import platform
 import re
 import stat
 from collections.abc import Iterable
@@ -55,8 +58,10 @@ def read_rgb(
     With ``min_side`` (and no ``max_side``), a JPEG is decoded reduced as far as both sides stay
     at least ``min_side``, and not resized further: for a caller that resizes anyway.
     Raises :class:`UnreadableImage` for a missing, empty, truncated or undecodable file.
+    The first call tunes the process's allocator (see :func:`reuse_freed_memory`).
     """
     path = os.fspath(path)
+    reuse_freed_memory()
     _refuse_truncated_images()
     st = _stat(path)
     if not stat.S_ISREG(st.st_mode):
@@ -81,6 +86,28 @@ def read_rgb(
         rgb = _shrink(rgb, max_side)
     # Arrays made from Pillow images are read-only; augmentations may write in place.
     return rgb if rgb.flags.writeable else rgb.copy()
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc keep freed image buffers for reuse (once per process; loader
+    workers inherit it). Returns whether it could (only glibc has these settings).
+
+    A decode passes megabytes through several buffers (Pillow's image, its bytes, the writable
+    copy). By default glibc maps such buffers afresh and unmaps them when freed, or trims its
+    heap after them, so the next photo's pages are faulted in and zeroed again: how much depends
+    on the process's history, and a 1024x768 photo measured 4.5 or 8.7 ms (1,900 page faults).
+    The thresholds set here (mmap above 32 MB, trim above 64 MB of free heap) are the highest
+    glibc's own adaptation reaches; fixed, they hold from the first photo on and per-photo
+    buffers are reused. A process keeps up to 64 MB of freed memory in return.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20) and mallopt(_M_TRIM_THRESHOLD, 64 << 20))
 
 
 def _refuse_truncated_images() -> None:
