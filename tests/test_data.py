@@ -123,6 +123,23 @@ def test_synthetic_from_a_folder_of_own_photos(tmp_path, caplog):
     assert set(split["split"]) == {"train", "val", "test"}
 
 
+def test_clean_augmentations_draw_independently(tmp_path):
+    """Two 50 % flips of the clean crops: each of the four outcomes happens (seeded alike, each
+    transform drew the same number, and the two flips always came together)."""
+    flips = [{"transform": f"albumentations.{t}", "params": {"p": 0.5}}
+             for t in ("HorizontalFlip", "VerticalFlip")]  # fmt: skip
+    src = _source(tmp_path, clean_augment=flips)
+    img = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(40):
+        out = src._augment(img, rng)
+        seen.add((np.array_equal(out, img[:, ::-1]), np.array_equal(out, img[::-1]),
+                  np.array_equal(out, img[::-1, ::-1])))  # fmt: skip
+    assert seen == {(False, False, False), (True, False, False), (False, True, False),
+                    (False, False, True)}  # fmt: skip
+
+
 def test_min_detail_avoids_flat_crops(tmp_path):
     kw = {"photos": ["rocket"], "crops_per_photo": 12, "variants_per_crop": 1, "rotate": False,
           "clean_augment": [], "clean_fraction": 1.0, "dead_leaves": 0}  # fmt: skip

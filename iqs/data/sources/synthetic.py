@@ -26,6 +26,7 @@ from hydra.utils import get_class
 from skimage.metrics import structural_similarity
 
 from iqs.data import manifest as mf
+from iqs.data.dataset import reseed
 from iqs.data.labels import LabelRule
 from iqs.data.sources.base import Source, SourceError
 from iqs.utils import atomic_write, atomic_write_text
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
 CLEAN = "clean"
 # Bump when the generation procedure changes, so old caches are not reused.
-GENERATOR_VERSION = 1
+# 2: clean_augment transforms draw from one stream (they repeated each other's draws).
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -151,10 +153,9 @@ class SyntheticSource(Source):
         self.label_edges = [float(e) for e in label_edges]
         self.rule = LabelRule.from_edges(self.label_edges)
         self.clean_augment = [_plain(spec) for spec in clean_augment]
-        # Built once; each use reseeds them, which is what a new Compose(seed=...) would do.
-        self._defect_ops = {
-            k: A.Compose([_transform({**spec, "p": 1.0})]) for k, spec in self.defects.items()
-        }
+        # Built once and reseeded at each use: a defect is one transform with its own seed;
+        # the clean augmentations share one stream (see iqs.data.dataset.reseed).
+        self._defect_ops = {k: _transform({**spec, "p": 1.0}) for k, spec in self.defects.items()}
         self._clean_ops = A.Compose([_transform(spec) for spec in self.clean_augment])
         self.dead_leaves = int(dead_leaves)
         if not self.defects and self.clean_fraction < 1:
@@ -352,10 +353,13 @@ class SyntheticSource(Source):
     def _augment(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if not self.clean_augment:
             return clean
-        return _apply(self._clean_ops, clean, int(rng.integers(2**31)))
+        reseed(self._clean_ops, int(rng.integers(2**31)))
+        return self._clean_ops(image=clean)["image"]
 
     def _degrade(self, img: np.ndarray, defect: str, seed: int) -> np.ndarray:
-        return _apply(self._defect_ops[defect], img, seed)
+        op = self._defect_ops[defect]
+        op.set_random_seed(seed)
+        return op(image=img)["image"]
 
 
 def dead_leaves(
@@ -409,11 +413,6 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
         raise SourceError(f"could not encode {path}")
     with atomic_write(path, "wb") as f:
         f.write(buf.tobytes())
-
-
-def _apply(ops: A.Compose, img: np.ndarray, seed: int) -> np.ndarray:
-    ops.set_random_seed(seed)
-    return ops(image=img)["image"]
 
 
 def _transform(spec: Mapping[str, Any]) -> A.BasicTransform:
