@@ -129,7 +129,7 @@ def pipeline_rows(tmp: Path, quick: bool) -> list[Row]:
     # epochs of a few seconds keep each epoch's start and end (workers filling, the last batch
     # running alone) a small share of the time.
     sets = [
-        ("1024x768", 1024, 768, 64 if quick else 512, 1 if quick else 3),
+        ("1024x768", 1024, 768, 64 if quick else 512, 1 if quick else 5),
         ("4000x3000", 4000, 3000, 16 if quick else 64, 1),
     ]
     for name, width, height, n, rounds in sets:
@@ -270,15 +270,23 @@ def loop_rows(quick: bool) -> list[Row]:
 # -- 3. predict --------------------------------------------------------------------------------
 
 
-def best_of(fn: Callable[[np.ndarray], object], batches: list[np.ndarray], repeats: int) -> float:
-    fn(batches[0])
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for b in batches:
-            fn(b)
-        times.append(time.perf_counter() - start)
-    return min(times)
+def best_times(fns: dict[str, Callable[[np.ndarray], object]], batches: list[np.ndarray],
+               rounds: int) -> dict[str, float]:  # fmt: skip
+    """Seconds per pass over ``batches`` of each function: the best of ``rounds``, the functions
+    taking turns (a slow spell of the shared machine hits them alike), after one warm-up call.
+    An untimed pause follows each pass: ONNX Runtime's threads keep spinning for a moment after
+    a run and would slow whatever ran next."""
+    best = dict.fromkeys(fns, float("inf"))
+    for fn in fns.values():
+        fn(batches[0])
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for b in batches:
+                fn(b)
+            best[name] = min(best[name], time.perf_counter() - start)
+            time.sleep(0.2)
+    return best
 
 
 def predict_rows(tmp: Path, quick: bool) -> list[Row]:
@@ -304,8 +312,6 @@ def predict_rows(tmp: Path, quick: bool) -> list[Row]:
             with torch.inference_mode():
                 return model(torch.from_numpy(x)).numpy()
 
-        # Eager first: ONNX Runtime's threads keep spinning for a while after a run.
-        t_eager = best_of(eager, batches, 3)
         path = tmp / f"{backbone}.onnx"
         export_onnx(deployed, path)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -314,7 +320,8 @@ def predict_rows(tmp: Path, quick: bool) -> list[Row]:
             return s.run(None, {"input": x})[0]
 
         np.testing.assert_allclose(eager(batches[0]), onnx(batches[0]), atol=1e-4)
-        t_onnx = best_of(onnx, batches, 3)
+        times = best_times({"eager": eager, "onnx": onnx}, batches, 5)
+        t_eager, t_onnx = times["eager"], times["onnx"]
         del session
         n = len(blobs)
         section = f"predict, {backbone}, batch {BATCH}, {torch.get_num_threads()} threads"
@@ -460,7 +467,7 @@ How to read it:
   same workers and batch size. The pipeline does more (augmentation, normalisation, collation)
   and still beats it on large photos because it decodes them reduced (JPEG 1/2..1/8 scaling,
   `data.decode_margin`); *reduced-decode limit* is the same decode-only loader at the pipeline's
-  decode size, so that ratio is the pipeline's own overhead. Each rate is the best of 3 epochs
+  decode size, so that ratio is the pipeline's own overhead. Each rate is the best of 5 epochs
   (1 on the 4000x3000 set), the loaders of one worker count taking turns, after an untimed one.
 - *Cached*: epochs through the resize cache (`data.cache`, 512 px JPEG copies made in the
   untimed first epoch) against the uncached pipeline.
@@ -468,8 +475,9 @@ How to read it:
   forward, loss, metric update, backward and step; steady state (first steps and fit start-up
   excluded), best of three runs each, interleaved.
 - *Predict*: the exported digiKam graph (299 px [-1, 1] input, probabilities out) in ONNX Runtime
-  vs the same module in eager PyTorch, same preprocessed photos; the share row is decode +
-  digiKam's resize of a 1024x768 JPEG vs the ONNX model's time per photo.
+  vs the same module in eager PyTorch, same preprocessed photos, the best of 5 passes each taking
+  turns (a pause after each, as ONNX Runtime's threads spin on after a run); the share row is
+  decode + digiKam's resize of a 1024x768 JPEG vs the ONNX model's time per photo.
 - *Memory*: the peak of what `IQSDataModule.setup()` allocates (tracemalloc: Python objects and
   numpy/pandas buffers) on a generated `AVA.txt` of that many rows (real format), each size in a
   fresh process; *kept* is what stays allocated after it.
@@ -482,17 +490,19 @@ How to read it:
   can fall either side of it from one run to the next.
 
 Close calls, and why a row can say **no** (as measured when this script was written):
-- *ONNX Runtime vs eager*: the default backbone 1.8-2.0x; the study's InceptionV3 (digiKam's
-  model) 1.34-1.38x; resnet18 1.13-1.17x, under its 1.3x line. PyTorch's CPU convolutions
-  (oneDNN) are already fast for plain ResNet blocks; the ratios were higher (resnet18 1.18-1.33x,
-  default 2.5-3.1x) only while eager PyTorch page-faulted its activations, before the allocator
-  setting above. No ONNX Runtime session option helped (threads, spinning, arena; its default
-  full graph optimisation is the fastest).
-- *1024x768 pipeline*: 0.93-1.05x over this script's runs since decoding stopped faulting (it
+- *ONNX Runtime vs eager*: over runs, the default backbone 1.75-2.85x (1.08x once
+  when the two were timed one after the other, before they took turns), the study's InceptionV3
+  (digiKam's model) 1.33-1.49x, resnet18 1.08-1.29x, under its 1.3x line: PyTorch's CPU
+  convolutions (oneDNN) are already fast for plain ResNet blocks. The ratios were higher
+  (resnet18 1.18-1.33x, default 2.5-3.1x) while eager PyTorch page-faulted its activations,
+  before the allocator setting above. No ONNX Runtime session option helped (threads, spinning,
+  arena; its default full graph optimisation is the fastest). Eager PyTorch's own speed moves by
+  up to 30% between consecutive passes on this machine.
+- *1024x768 pipeline*: 0.86-1.06x over the runs since decoding stopped faulting (it
   was 0.83-1.05x). The pipeline decodes reduced (~3.3 ms) and then spends ~0.8 ms on the crop,
   flip, seeding, collation and hand-over, against ~4-4.5 ms for a full-size decode; at 2
   workers the workers and the main process share the 2 cores.
-- *Lightning loop*: 0.93-1.07x over runs; at ~0.4 s per step on 2 shared cores the two loops'
+- *Lightning loop*: 0.91-1.07x over runs; at ~0.4 s per step on 2 shared cores the two loops'
   best-of-three times differ by about as much as the machine's noise.
 - *Memory*: +63 MB peak growth (was +111 MB): AVA's vote table is freed before the histogram
   text is made, split names are shared strings, splits are assigned on integer group codes.
