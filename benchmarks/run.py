@@ -485,7 +485,7 @@ How to read it:
   commands do: glibc then reuses freed buffers of up to 32 MB instead of mapping and faulting in
   fresh pages for each photo or batch. Without it a full-size 1024x768 decode took 4.5 or 8.7 ms
   depending on the process's history (~1,900 page faults per photo), and PyTorch's eager predict
-  ran at 270 instead of 430-490 img/s (mobilenetv3_small_100).
+  faulted in ~13,000 pages per batch (mobilenetv3_small_100: 217-263 vs 295-386 img/s).
 - Timings on a shared 2-core machine move by about +-10% between runs; a ratio near its target
   can fall either side of it from one run to the next.
 
