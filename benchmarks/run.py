@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -105,22 +106,33 @@ class DecodeOnly(Dataset):
         return read_rgb(self.paths[i], min_side=self.min_side).shape[0]
 
 
-def best_rates(loaders: dict[str, Callable[[], Iterable]], n: int, rounds: int) -> dict[str, float]:
-    """Images/s of each loader: the best of ``rounds`` epochs, the loaders taking turns so that
-    a slow spell of the shared machine hits them alike. One untimed epoch each first (it starts
-    the persistent workers and, with the cache, fills it)."""
-    made = {name: make() for name, make in loaders.items()}
-    for loader in made.values():
-        for _ in loader:
-            pass
-    best = dict.fromkeys(made, 0.0)
+def best_seconds(passes: dict[str, Callable[[], object]], rounds: int,
+                 pause: float = 0.0) -> dict[str, float]:  # fmt: skip
+    """Seconds of each pass: the best of ``rounds``, the passes taking turns so that a slow
+    spell of the shared machine hits them alike, after one untimed pass each (it warms up,
+    starts persistent workers, fills caches). ``pause``: untimed seconds after each pass (ONNX
+    Runtime's threads keep spinning for a moment after a run and would slow what runs next)."""
+    for run in passes.values():
+        run()
+    best = dict.fromkeys(passes, float("inf"))
     for _ in range(rounds):
-        for name, loader in made.items():
+        for name, run in passes.items():
             start = time.perf_counter()
-            for _ in loader:
-                pass
-            best[name] = max(best[name], n / (time.perf_counter() - start))
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+            time.sleep(pause)
     return best
+
+
+def _drain(loader: Iterable) -> None:
+    for _ in loader:
+        pass
+
+
+def best_rates(loaders: dict[str, Callable[[], Iterable]], n: int, rounds: int) -> dict[str, float]:
+    """Images/s of each loader (made by its callable): :func:`best_seconds` of its epochs."""
+    epochs = {name: partial(_drain, make()) for name, make in loaders.items()}
+    return {name: n / s for name, s in best_seconds(epochs, rounds).items()}
 
 
 def pipeline_rows(tmp: Path, quick: bool) -> list[Row]:
@@ -270,23 +282,9 @@ def loop_rows(quick: bool) -> list[Row]:
 # -- 3. predict --------------------------------------------------------------------------------
 
 
-def best_times(fns: dict[str, Callable[[np.ndarray], object]], batches: list[np.ndarray],
-               rounds: int) -> dict[str, float]:  # fmt: skip
-    """Seconds per pass over ``batches`` of each function: the best of ``rounds``, the functions
-    taking turns (a slow spell of the shared machine hits them alike), after one warm-up call.
-    An untimed pause follows each pass: ONNX Runtime's threads keep spinning for a moment after
-    a run and would slow whatever ran next."""
-    best = dict.fromkeys(fns, float("inf"))
-    for fn in fns.values():
-        fn(batches[0])
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for b in batches:
-                fn(b)
-            best[name] = min(best[name], time.perf_counter() - start)
-            time.sleep(0.2)
-    return best
+def _each(fn: Callable[[np.ndarray], object], batches: list[np.ndarray]) -> None:
+    for b in batches:
+        fn(b)
 
 
 def predict_rows(tmp: Path, quick: bool) -> list[Row]:
@@ -320,7 +318,8 @@ def predict_rows(tmp: Path, quick: bool) -> list[Row]:
             return s.run(None, {"input": x})[0]
 
         np.testing.assert_allclose(eager(batches[0]), onnx(batches[0]), atol=1e-4)
-        times = best_times({"eager": eager, "onnx": onnx}, batches, 5)
+        times = best_seconds({"eager": partial(_each, eager, batches),
+                              "onnx": partial(_each, onnx, batches)}, 5, pause=0.2)  # fmt: skip
         t_eager, t_onnx = times["eager"], times["onnx"]
         del session
         n = len(blobs)

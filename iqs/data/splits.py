@@ -36,8 +36,8 @@ def assign_group_splits(
     if sum(fractions.values()) <= 0 or any(v < 0 for v in fractions.values()):
         raise ValueError(f"split fractions must be non-negative and sum > 0, got {fractions}")
     group, names = pd.factorize(df["group"], sort=True)
-    codes = {**{s: i for i, s in enumerate(SPLITS)}, TRAINVAL: _TRAINVAL}
-    row_split = df["split"].map(codes).fillna(_NONE).to_numpy(np.int64)
+    split_codes = {**{s: i for i, s in enumerate(SPLITS)}, TRAINVAL: _TRAINVAL}
+    row_split = df["split"].map(split_codes).fillna(_NONE).to_numpy(np.int64)
     split_of = _given_splits(group, row_split, names)
 
     todo = split_of[group] == _NONE
