@@ -27,3 +27,16 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert all(v > 0 for v in result["train_img_per_s"].values())
     assert result["loader_img_per_s"]["cached (2nd epoch)"] > 0
     assert "| train step, bf16 AMP + channels_last |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_lightning_step_time_excludes_only_the_plain_step_run_inside_it():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run import PlainStepsBetween
+
+    clock = PlainStepsBetween.__new__(PlainStepsBetween)  # the accounting only, no model
+    # Lightning steps start at 0, 10, 22, 30; the plain step after each took 4, 5, 3, 6 s.
+    clock.starts, clock.plain = [0.0, 10.0, 22.0, 30.0], [4.0, 5.0, 3.0, 6.0]
+    # Intervals 10, 12, 8 less the plain steps inside them: 6 + 7 + 5 (the last step has no
+    # next start, so neither loop's last step counts).
+    assert clock.seconds(skip=0) == (18.0, 12.0)
+    assert clock.seconds(skip=1) == (12.0, 8.0)

@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -30,9 +31,31 @@ from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import StepClock, best_rates, compose_train, make_photos  # noqa: E402
+from run import best_rates, compose_train, make_photos  # noqa: E402
 
 from iqs.train import build  # noqa: E402
+
+
+class StepClock(pl.Callback):
+    """Wall time from the start of step ``skip`` to the end of the last step (GPU work
+    included: CUDA is synchronised at both ends)."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip, self.start, self.end = skip, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if batch_idx == self.skip:
+            _sync()
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        _sync()
+        self.end = time.perf_counter()
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def train_rate(device: str, precision: str, channels_last: bool, batch: int, size: int,
