@@ -505,18 +505,26 @@ How to read it:
   can fall either side of it from one run to the next.
 
 Close calls, and why a row can say **no** (as measured when this script was written):
-- *ONNX Runtime vs eager*: over runs, the default backbone 1.75-2.85x (1.08x once
+- *ONNX Runtime vs eager*: over runs, the default backbone 1.75-3.57x (1.08x once
   when the two were timed one after the other, before they took turns), the study's InceptionV3
-  (digiKam's model) 1.33-1.49x, resnet18 1.08-1.29x, under its 1.3x line: PyTorch's CPU
-  convolutions (oneDNN) are already fast for plain ResNet blocks. The ratios were higher
+  (digiKam's model) 1.33-1.76x, resnet18 1.08-1.32x, around its 1.3x line: PyTorch's CPU
+  convolutions (oneDNN) are already fast for plain ResNet blocks (profiled, a batch of 16:
+  ONNX Runtime spends 95% of its time in convolutions with batch norm and ReLU fused in, eager
+  ~75% in oneDNN convolutions and ~18% in its max-pool). The ratios were higher
   (resnet18 1.18-1.33x, default 2.5-3.1x) while eager PyTorch page-faulted its activations,
   before the allocator setting above. No ONNX Runtime session option helped (threads, spinning,
   arena; its default full graph optimisation is the fastest). Eager PyTorch's own speed moves by
   up to 30% between consecutive passes on this machine.
 - *1024x768 pipeline*: 0.86-1.06x over the runs since decoding stopped faulting (it
-  was 0.83-1.05x). The pipeline decodes reduced (~3.3 ms) and then spends ~0.8 ms on the crop,
-  flip, seeding, collation and hand-over, against ~4-4.5 ms for a full-size decode; at 2
-  workers the workers and the main process share the 2 cores.
+  was 0.83-1.05x); the 2-worker row is the low one (0.89-0.97x). Decoding at 1/2 scale saves
+  only ~1.1 ms of a ~5.4 ms full decode (the entropy decoding is the same), and the crop,
+  antialiased resize and flip take ~0.6 ms. In loader workers the pipeline's batches also go
+  through shared memory (PyTorch hands each batch over in a fresh segment: ~37 page faults per
+  photo), which the decode-only loader, returning a number per photo, does not pay. Measured
+  per photo with 2 workers: workers 5.1-5.4 ms user + 0.3 ms system, main process 0.2 ms,
+  against 4.6-5.0 + 0.16 + 0.08 ms for the full-size decode. With 2 workers both loaders keep
+  the 2 cores busy, so their ratio is that of their CPU per photo (~0.85-0.9x); with 0
+  workers nothing is handed over, and with 1 the hand-over runs on the spare core.
 - *Lightning loop*: timed as whole runs one after the other (best of three), it measured
   0.91-1.07x: at ~0.4 s per step the machine's drift between runs was larger than the
   difference. Taking turns step by step, runs gave 0.94-1.00x and the summed ratio 0.95-0.98x:
