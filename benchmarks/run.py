@@ -516,7 +516,7 @@ Close calls, and why a row can say **no** (as measured when this script was writ
   arena; its default full graph optimisation is the fastest). Eager PyTorch's own speed moves by
   up to 30% between consecutive passes on this machine.
 - *1024x768 pipeline*: 0.86-1.06x over the runs since decoding stopped faulting (it
-  was 0.83-1.05x); the 2-worker row is the low one (0.89-0.97x). Decoding at 1/2 scale saves
+  was 0.83-1.05x); the 2-worker row is the low one (0.86-0.97x). Decoding at 1/2 scale saves
   only ~1.1 ms of a ~5.4 ms full decode (the entropy decoding is the same), and the crop,
   antialiased resize and flip take ~0.6 ms. In loader workers the pipeline's batches also go
   through shared memory (PyTorch hands each batch over in a fresh segment: ~37 page faults per
