@@ -93,21 +93,23 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mal
 
 @functools.cache
 def reuse_freed_memory() -> bool:
-    """Make glibc's malloc keep freed image buffers for reuse (once per process; loader
-    workers inherit it). Returns whether it could (only glibc has these settings).
+    """Make glibc's malloc keep freed buffers for reuse (once per process; loader workers
+    inherit it). Returns whether it could (only glibc has these settings).
 
     A decode passes megabytes through several buffers (Pillow's image, its bytes, the writable
-    copy). By default glibc maps such buffers afresh and unmaps them when freed, or trims its
-    heap after them, so the next photo's pages are faulted in and zeroed again: how much depends
-    on the process's history, and a 1024x768 photo measured 4.5 or 8.7 ms (1,900 page faults).
-    The thresholds set here (mmap above 32 MB, trim above 64 MB of free heap) are the highest
-    glibc's own adaptation reaches; fixed, they hold from the first photo on and per-photo
-    buffers are reused. A process keeps up to 64 MB of freed memory in return.
+    copy), a CPU training step tens of megabytes of activations. By default glibc maps such
+    buffers afresh and unmaps them when freed, or trims its heap after them, so the next photo's
+    or step's pages are faulted in and zeroed again: a 1024x768 photo measured 4.5 or 8.7 ms
+    (1,900 page faults) depending on the process's history. Here buffers up to 32 MB (the most
+    glibc allows) come from the heap, and the heap is trimmed only above 512 MB of free memory
+    (glibc's own adaptation stops at 64 MB, which a CPU step of the default model at batch 32
+    exceeds: it gave back and faulted in again ~70 MB, 16,000-39,000 faults, every step). A
+    process keeps what it freed, up to that much, for its next photo or step.
     """
     if platform.libc_ver()[0] != "glibc":
         return False
     mallopt = ctypes.CDLL(None).mallopt
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20) and mallopt(_M_TRIM_THRESHOLD, 64 << 20))
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20) and mallopt(_M_TRIM_THRESHOLD, 512 << 20))
 
 
 def _refuse_truncated_images() -> None:
