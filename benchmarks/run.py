@@ -505,15 +505,17 @@ How to read it:
   can fall either side of it from one run to the next.
 
 Close calls, and why a row can say **no** (as measured when this script was written):
-- *ONNX Runtime vs eager*: over runs, the default backbone 1.75-3.57x (1.08x once
+- *ONNX Runtime vs eager*: over runs, the default backbone 1.54-3.57x (1.08x once
   when the two were timed one after the other, before they took turns), the study's InceptionV3
   (digiKam's model) 1.33-1.76x, resnet18 1.08-1.32x, around its 1.3x line: PyTorch's CPU
   convolutions (oneDNN) are already fast for plain ResNet blocks (profiled, a batch of 16:
   ONNX Runtime spends 95% of its time in convolutions with batch norm and ReLU fused in, eager
   ~75% in oneDNN convolutions and ~18% in its max-pool). The ratios were higher
   (resnet18 1.18-1.33x, default 2.5-3.1x) while eager PyTorch page-faulted its activations,
-  before the allocator setting above. No ONNX Runtime session option helped (threads, spinning,
-  arena; its default full graph optimisation is the fastest). Eager PyTorch's own speed moves by
+  before the allocator setting above; keeping up to 512 MB of freed heap (was 64 MB) then
+  took eager mobilenetv3_small_100 from 244-285 to 434 img/s and its ratio to 1.54x. No ONNX
+  Runtime session option helped (threads, spinning, arena; its default full graph optimisation
+  is the fastest). Eager PyTorch's own speed moves by
   up to 30% between consecutive passes on this machine.
 - *1024x768 pipeline*: 0.86-1.06x over the runs since decoding stopped faulting (it
   was 0.83-1.05x); the 2-worker row is the low one (0.86-0.97x). Decoding at 1/2 scale saves
