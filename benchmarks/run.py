@@ -529,7 +529,7 @@ Close calls, and why a row can say **no** (as measured when this script was writ
   workers nothing is handed over, and with 1 the hand-over runs on the spare core.
 - *Lightning loop*: timed as whole runs one after the other (best of three), it measured
   0.91-1.07x: at ~0.4 s per step the machine's drift between runs was larger than the
-  difference. Taking turns step by step, runs gave 0.94-1.00x and the summed ratio 0.95-0.98x:
+  difference. Taking turns step by step, runs gave 0.94-1.03x and the summed ratio 0.95-1.01x:
   Lightning's own cost is ~2% (~8 ms of a ~440 ms step: hooks, closure, `self.log` ~0.7 ms,
   fetching), the forward and backward themselves take the same time in both loops.
 - *Memory*: +63 MB peak growth (was +111 MB): AVA's vote table is freed before the histogram
