@@ -200,7 +200,7 @@ def pipeline_rows(tmp: Path, quick: bool) -> list[Row]:
 # -- 2. Lightning loop vs plain loop -----------------------------------------------------------
 
 
-def _sync() -> None:
+def sync_cuda() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
@@ -221,11 +221,11 @@ class PlainStepsBetween(pl.Callback):
         self.plain: list[float] = []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        _sync()
+        sync_cuda()
         self.starts.append(time.perf_counter())
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        _sync()
+        sync_cuda()
         start = time.perf_counter()
         model = self.model
         outputs = model(batch["image"])
@@ -238,7 +238,7 @@ class PlainStepsBetween(pl.Callback):
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        _sync()
+        sync_cuda()
         self.plain.append(time.perf_counter() - start)
 
     def seconds(self, skip: int) -> tuple[float, float]:

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import best_rates, compose_train, make_photos  # noqa: E402
+from run import best_rates, compose_train, make_photos, sync_cuda  # noqa: E402
 
 from iqs.train import build  # noqa: E402
 
@@ -45,17 +45,12 @@ class StepClock(pl.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if batch_idx == self.skip:
-            _sync()
+            sync_cuda()
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        _sync()
+        sync_cuda()
         self.end = time.perf_counter()
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def train_rate(device: str, precision: str, channels_last: bool, batch: int, size: int,
