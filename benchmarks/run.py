@@ -501,6 +501,9 @@ How to read it:
   fresh pages for each photo or batch. Without it a full-size 1024x768 decode took 4.5 or 8.7 ms
   depending on the process's history (~1,900 page faults per photo), and PyTorch's eager predict
   faulted in ~13,000 pages per batch (mobilenetv3_small_100: 217-263 vs 295-386 img/s).
+  Freed heap is kept up to 512 MB (glibc's own limit is 64 MB): a 4000x3000 photo's full-size
+  decode took 120-150 ms before, 76-93 ms after, so the full-size limit on that set doubled
+  (7.4-7.6 to 13.6-15.8 img/s) and the pipeline's lead over it fell from ~3.8x to ~1.8x.
 - Timings on a shared 2-core machine move by about +-10% between runs; a ratio near its target
   can fall either side of it from one run to the next.
 
