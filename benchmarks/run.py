@@ -503,7 +503,8 @@ How to read it:
   faulted in ~13,000 pages per batch (mobilenetv3_small_100: 217-263 vs 295-386 img/s).
   Freed heap is kept up to 512 MB (glibc's own limit is 64 MB): a 4000x3000 photo's full-size
   decode took 120-150 ms before, 76-93 ms after, so the full-size limit on that set doubled
-  (7.4-7.6 to 13.6-15.8 img/s) and the pipeline's lead over it fell from ~3.8x to ~1.8x.
+  (0-1 workers: 7.4-8.7 to 13.6-15.8 img/s) and the pipeline's lead over it fell from 3.1-3.8x
+  to 1.7-1.9x.
 - Timings on a shared 2-core machine move by about +-10% between runs; a ratio near its target
   can fall either side of it from one run to the next.
 
