@@ -201,6 +201,7 @@ def pipeline_rows(tmp: Path, quick: bool) -> list[Row]:
 
 
 def sync_cuda() -> None:
+    """Wait for queued GPU work, so that a time taken after it includes that work."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
