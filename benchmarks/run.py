@@ -520,8 +520,8 @@ Close calls, and why a row can say **no** (as measured when this script was writ
   before the allocator setting above; keeping up to 512 MB of freed heap (was 64 MB) then
   took eager mobilenetv3_small_100 from 244-285 to 434 img/s and its ratio to 1.54x. No ONNX
   Runtime session option helped (threads, spinning, arena; its default full graph optimisation
-  is the fastest). Eager PyTorch's own speed moves by
-  up to 30% between consecutive passes on this machine.
+  is the fastest). Eager PyTorch's own speed moves by up to 30% between consecutive passes on
+  this machine.
 - *1024x768 pipeline*: 0.86-1.06x over the runs since decoding stopped faulting (it
   was 0.83-1.05x); the 2-worker row is the low one (0.86-0.97x). Decoding at 1/2 scale saves
   only ~1.1 ms of a ~5.4 ms full decode (the entropy decoding is the same), and the crop,
