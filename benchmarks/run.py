@@ -522,16 +522,16 @@ Close calls, and why a row can say **no** (as measured when this script was writ
   Runtime session option helped (threads, spinning, arena; its default full graph optimisation
   is the fastest). Eager PyTorch's own speed moves by up to 30% between consecutive passes on
   this machine.
-- *1024x768 pipeline*: 0.86-1.06x over the runs since decoding stopped faulting (it
-  was 0.83-1.05x); the 2-worker row is the low one (0.86-0.97x). Decoding at 1/2 scale saves
-  only ~1.1 ms of a ~5.4 ms full decode (the entropy decoding is the same), and the crop,
-  antialiased resize and flip take ~0.6 ms. In loader workers the pipeline's batches also go
-  through shared memory (PyTorch hands each batch over in a fresh segment: ~37 page faults per
-  photo), which the decode-only loader, returning a number per photo, does not pay. Measured
-  per photo with 2 workers: workers 5.1-5.4 ms user + 0.3 ms system, main process 0.2 ms,
-  against 4.6-5.0 + 0.16 + 0.08 ms for the full-size decode. With 2 workers both loaders keep
-  the 2 cores busy, so their ratio is that of their CPU per photo (~0.85-0.9x); with 0
-  workers nothing is handed over, and with 1 the hand-over runs on the spare core.
+- *1024x768 pipeline*: the 2-worker row was the low one, 0.86-0.97x over the runs (0.86-0.89x
+  in every run of one session). Decoding at 1/2 scale saves only ~1.1 ms of a ~5.4 ms full
+  decode (the entropy decoding is the same), and the crop, antialiased resize and flip take
+  ~0.6 ms. In loader workers the pipeline's batches also go to the main process, which the
+  decode-only loader, returning a number per photo, does not pay. PyTorch sends every tensor
+  of a batch in a shared-memory file of its own whose descriptor the main process fetches
+  through a socket from the worker; label, score, source and the skipped count cost 4-6% that
+  way, and now go by value (`iqs.data.dataset.Batch`). Side by side on one day, old and new
+  code: 1.00 / 0.95 / 0.97x became 1.07 / 1.00 / 1.03x at 0 / 1 / 2 workers. With 2 workers
+  both loaders keep the 2 cores busy, so their ratio is that of their CPU per photo.
 - *Lightning loop*: timed as whole runs one after the other (best of three), it measured
   0.91-1.07x: at ~0.4 s per step the machine's drift between runs was larger than the
   difference. Taking turns step by step, runs gave 0.94-1.03x and the summed ratio 0.95-1.01x:

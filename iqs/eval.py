@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from iqs.data.datamodule import IQSDataModule
+from iqs.data.dataset import collate_skip_none
 from iqs.data.images import UnreadableImage, read_rgb, reuse_freed_memory
 from iqs.data.labels import CLASS_NAMES
 from iqs.data.transforms import eval_transform
@@ -62,11 +63,6 @@ class EvalRows(Dataset):
         return item
 
 
-def _collate(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    kept = [x for x in items if x is not None]
-    return torch.utils.data.default_collate(kept) if kept else None
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model, run_cfg = load_checkpoint(cfg.ckpt_path)
     if cfg.get("seed") is None:
@@ -90,7 +86,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         EvalRows(rows, eval_transform(inp.size, inp.mean, inp.std, dm.resize), cfg.compare_digikam),
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
-        collate_fn=_collate,
+        collate_fn=collate_skip_none,
     )
     preds = _predict(model, deployed, loader, device, len(rows))
     rows = pd.concat([rows, preds], axis=1)

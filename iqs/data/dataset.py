@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import numpy as np
@@ -86,9 +87,9 @@ class ManifestDataset(Dataset):
             return None
         return {
             "image": self.transform(image=rgb)["image"],
-            "label": torch.tensor(self.labels[i]),
-            "score": torch.tensor(self.scores[i]),
-            "source": torch.tensor(self.sources[i]),
+            "label": self.labels[i],  # numpy scalars: collated to tensors, one per batch
+            "score": self.scores[i],
+            "source": self.sources[i],
         }
 
 
@@ -162,14 +163,59 @@ def seed_worker(worker_id: int) -> None:
         reseed(info.dataset.transform, torch.initial_seed() % 2**32)
 
 
-def collate_skip_none(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+def collate_skip_none(batch: list[dict[str, Any] | None]) -> Batch | None:
     """Collate the readable samples; ``"skipped"`` counts the unreadable ones (``None``).
 
-    A batch of only unreadable samples is ``None``.
+    Images are stacked by ``default_collate`` (into shared memory in a loader worker); the
+    per-sample numbers (label, score, source) become tensors in ordinary memory, which
+    :class:`Batch` sends to the main process by value. A batch of only unreadable samples is
+    ``None``.
     """
     kept = [b for b in batch if b is not None]
     if not kept:
         return None
-    collated = default_collate(kept)
+    collated = Batch({key: _collate_field([b[key] for b in kept]) for key in kept[0]})
     collated["skipped"] = torch.tensor(len(batch) - len(kept))
     return collated
+
+
+def _collate_field(values: list[Any]) -> Any:
+    if isinstance(values[0], (np.generic, int, float)) or (
+        isinstance(values[0], torch.Tensor) and values[0].dim() == 0
+    ):
+        return torch.from_numpy(np.array(values))
+    return default_collate(values)
+
+
+class Batch(dict):
+    """A collated batch: a dict that a loader worker hands to the main process with its small
+    tensors (up to :attr:`BY_VALUE_BYTES`) pickled by value.
+
+    PyTorch passes every tensor between processes as a shared-memory file of its own, its
+    descriptor fetched through a socket from the worker: for the four per-sample number fields
+    of a batch of 16 that cost ~4% of a 2-worker loader's throughput on 1024x768 photos.
+    Only inter-process pickling changes (a reducer registered with ``ForkingPickler``, as
+    PyTorch registers its own); the main process receives a plain ``dict`` of the same tensors.
+    """
+
+    BY_VALUE_BYTES = 64 << 10
+
+
+def _reduce_batch(batch: Batch) -> tuple[Callable, tuple[list[str], dict, dict]]:
+    small = {
+        key: value.numpy()
+        for key, value in batch.items()
+        if isinstance(value, torch.Tensor)
+        and value.device.type == "cpu"
+        and not value.requires_grad
+        and value.nbytes <= Batch.BY_VALUE_BYTES
+    }
+    others = {key: value for key, value in batch.items() if key not in small}
+    return _rebuild_batch, (list(batch), small, others)
+
+
+def _rebuild_batch(keys: list[str], small: dict[str, np.ndarray], others: dict) -> dict:
+    return {key: torch.from_numpy(small[key]) if key in small else others[key] for key in keys}
+
+
+ForkingPickler.register(Batch, _reduce_batch)
