@@ -512,26 +512,32 @@ How to read it:
 Close calls, and why a row can say **no** (as measured when this script was written):
 - *ONNX Runtime vs eager*: over runs, the default backbone 1.54-3.57x (1.08x once
   when the two were timed one after the other, before they took turns), the study's InceptionV3
-  (digiKam's model) 1.33-1.76x, resnet18 1.08-1.32x, around its 1.3x line: PyTorch's CPU
-  convolutions (oneDNN) are already fast for plain ResNet blocks (profiled, a batch of 16:
-  ONNX Runtime spends 95% of its time in convolutions with batch norm and ReLU fused in, eager
-  ~75% in oneDNN convolutions and ~18% in its max-pool). The ratios were higher
-  (resnet18 1.18-1.33x, default 2.5-3.1x) while eager PyTorch page-faulted its activations,
-  before the allocator setting above; keeping up to 512 MB of freed heap (was 64 MB) then
-  took eager mobilenetv3_small_100 from 244-285 to 434 img/s and its ratio to 1.54x. No ONNX
-  Runtime session option helped (threads, spinning, arena; its default full graph optimisation
-  is the fastest). Eager PyTorch's own speed moves by up to 30% between consecutive passes on
-  this machine.
-- *1024x768 pipeline*: the 2-worker row was the low one, 0.86-0.97x over the runs (0.86-0.89x
-  in every run of one session). Decoding at 1/2 scale saves only ~1.1 ms of a ~5.4 ms full
-  decode (the entropy decoding is the same), and the crop, antialiased resize and flip take
-  ~0.6 ms. In loader workers the pipeline's batches also go to the main process, which the
-  decode-only loader, returning a number per photo, does not pay. PyTorch sends every tensor
-  of a batch in a shared-memory file of its own whose descriptor the main process fetches
-  through a socket from the worker; label, score, source and the skipped count cost 4-6% that
-  way, and now go by value (`iqs.data.dataset.Batch`). Side by side on one day, old and new
-  code: 1.00 / 0.95 / 0.97x became 1.07 / 1.00 / 1.03x at 0 / 1 / 2 workers. With 2 workers
-  both loaders keep the 2 cores busy, so their ratio is that of their CPU per photo.
+  (digiKam's model) 1.25-1.76x, resnet18 1.08-1.32x, around the 1.3x line. Both libraries run
+  the convolutions at about the same speed on this CPU (AVX-512): profiled over the same 6
+  batches of 16 photos, InceptionV3 took 2.6 s in ONNX Runtime (95% convolutions, with batch
+  norm and ReLU fused in) and 3.4 s eager (76% oneDNN convolutions = 2.6 s, 12% batch norm,
+  3% max-pool, 3% average pool, 2% ReLU, 2% concatenation). ONNX Runtime's lead is what eager
+  spends outside its convolutions, so ~1.3x is the ceiling here; on the CPUs of earlier runs
+  its convolutions were faster too. Eager's speed also depends on the pixels: on uniform noise
+  resnet18 ran at 75-80 img/s against 104-105 on these photos (its max-pool with indices took
+  242 ms against < 18 ms over 6 batches: data-dependent branches), which would have shown ONNX
+  Runtime 1.5-1.6x ahead instead of 1.1-1.3x; the bench times photo-like input. The ratios were
+  higher (resnet18 1.18-1.33x, default 2.5-3.1x) while eager PyTorch page-faulted its
+  activations, before the allocator setting above. No ONNX Runtime session option helped
+  (threads, spinning, arena; its default full graph optimisation, with the NCHWc layout, is the
+  fastest). Eager PyTorch's own speed moves by up to 30% between consecutive passes here.
+- *1024x768 pipeline*: the 2-worker row is the low one: 0.86-0.97x over the earlier runs
+  (0.86-0.89x in every run of one session), 0.88-1.03x since the change below. Decoding at 1/2
+  scale saves only ~1.1 ms of a ~5.4 ms full decode (the entropy decoding is the same), and
+  the crop, antialiased resize and flip take ~0.6 ms (~0.9 ms in a worker, right after a
+  decode has filled the caches). In loader workers the pipeline's batches also go to the main
+  process, which the decode-only loader, returning a number per photo, does not pay. PyTorch
+  sends every tensor of a batch in a shared-memory file of its own whose descriptor the main
+  process fetches through a socket from the worker; label, score, source and the skipped count
+  now go by value instead (`iqs.data.dataset.Batch`): +1.4 to +4.2% in four runs with the old
+  and new collate taking turns. With 2 workers both loaders keep the 2 cores busy (workers
+  ~95% each), so their ratio is that of their CPU per photo (pipeline ~3.8 ms in a worker +
+  0.1 ms in the main process), and a slow spell of a few seconds moves it by 5%.
 - *Lightning loop*: timed as whole runs one after the other (best of three), it measured
   0.91-1.07x: at ~0.4 s per step the machine's drift between runs was larger than the
   difference. Taking turns step by step, runs gave 0.94-1.03x and the summed ratio 0.95-1.01x:
