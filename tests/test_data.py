@@ -318,6 +318,40 @@ def test_antialiased_resize_is_close_to_area_and_crops_like_albumentations():
         assert np.abs(ours.astype(float) - theirs).mean() < 3
 
 
+def test_transforms_end_in_contiguous_channels_first_tensors():
+    """Only the memory layout differs from ToTensorV2's transposed view (and from a plain
+    permute of the resize): contiguous C x H x W, so that collating a batch is a plain copy."""
+    import albumentations as A
+    import skimage.data
+    import torch.nn.functional as F
+    from albumentations.pytorch import ToTensorV2
+
+    from iqs.data.transforms import (
+        ToContiguousTensor,
+        eval_transform,
+        resize_antialiased,
+        train_transform,
+    )
+
+    rgb = cv2.resize(skimage.data.astronaut(), (160, 120), interpolation=cv2.INTER_AREA)
+    for image in (rgb, rgb[..., :1].copy(), rgb.astype(np.float32) / 255, rgb[..., 0].copy()):
+        want = A.Compose([ToTensorV2()])(image=image)["image"]
+        got = A.Compose([ToContiguousTensor()])(image=image)["image"]
+        assert got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for image in (rgb, rgb[..., :1].copy()):
+        pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
+        want = F.interpolate(pixels, size=(50, 70), mode="bilinear", antialias=True)[0]
+        got = resize_antialiased(image, 50, 70)
+        assert got.flags.c_contiguous and got.shape == (50, 70, image.shape[2])
+        torch.testing.assert_close(torch.from_numpy(got).permute(2, 0, 1), want, rtol=0, atol=0)
+    stats = ((0.4, 0.5, 0.6), (0.2, 0.3, 0.4))
+    for tf in (train_transform(64, *stats, seed=0, normalize=False), eval_transform(64, *stats),
+               eval_transform(64, *stats, resize="digikam")):  # fmt: skip
+        out = tf(image=rgb)["image"]
+        assert out.shape == (3, 64, 64) and out.is_contiguous()
+
+
 def test_loaders_move_uint8_and_normalise_on_the_device(tmp_path):
     """Workers hand over uint8 pixels; normalisation after the transfer equals albumentations'."""
     from iqs.data.transforms import eval_transform

@@ -57,7 +57,7 @@ def train_transform(
     ops: list[A.BasicTransform] = [*crop, *_to_model_size(size, resize)]
     if hflip:
         ops.append(A.HorizontalFlip(p=0.5))
-    ops += [*_normalize(mean, std, resize, normalize), ToTensorV2()]
+    ops += [*_normalize(mean, std, resize, normalize), ToContiguousTensor()]
     return A.Compose(ops, seed=seed)
 
 
@@ -82,7 +82,7 @@ def eval_transform(
             _resize(first, resize),
             *_to_model_size(size, resize),
             *_normalize(mean, std, resize, normalize),
-            ToTensorV2(),
+            ToContiguousTensor(),
         ]
     )
 
@@ -95,7 +95,19 @@ def resize_antialiased(image: np.ndarray, height: int, width: int) -> np.ndarray
     worker."""
     pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
     out = F.interpolate(pixels, size=(height, width), mode="bilinear", antialias=True)
-    return out[0].permute(1, 2, 0).contiguous().numpy()
+    # The result is channels-first; OpenCV interleaves the planes ~10x faster than a strided copy.
+    return cv2.merge(list(out[0].numpy())).reshape(height, width, -1)
+
+
+class ToContiguousTensor(ToTensorV2):
+    """``ToTensorV2`` with a contiguous ``C x H x W`` result. (``ToTensorV2`` returns a
+    transposed view of the ``H x W x C`` array, which made every batch's ``torch.stack`` a strided
+    copy: ~50 us per 224 px photo in a loader worker, ~15 us by OpenCV's ``split``.)"""
+
+    def apply(self, img: np.ndarray, **params: Any) -> torch.Tensor:
+        if img.ndim != 3:
+            return super().apply(img, **params)
+        return torch.from_numpy(np.stack(cv2.split(img)))
 
 
 class AntialiasedResize(A.Resize):
