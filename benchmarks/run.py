@@ -510,7 +510,7 @@ How to read it:
   can fall either side of it from one run to the next.
 
 Close calls, and why a row can say **no** (as measured when this script was written):
-- *ONNX Runtime vs eager*: over runs, the default backbone 1.54-3.57x (1.08x once
+- *ONNX Runtime vs eager*: over runs, the default backbone 1.43-3.57x (1.08x once
   when the two were timed one after the other, before they took turns), the study's InceptionV3
   (digiKam's model) 1.25-1.76x, resnet18 1.08-1.32x, around the 1.3x line. Both libraries run
   the convolutions at about the same speed on this CPU (AVX-512): profiled over the same 6
@@ -527,19 +527,20 @@ Close calls, and why a row can say **no** (as measured when this script was writ
   (threads, spinning, arena; its default full graph optimisation, with the NCHWc layout, is the
   fastest). Eager PyTorch's own speed moves by up to 30% between consecutive passes here.
 - *1024x768 pipeline*: the 2-worker row is the low one: 0.86-0.97x over the earlier runs
-  (0.86-0.89x in every run of one session), 0.88-1.03x since the change below. Decoding at 1/2
-  scale saves only ~1.1 ms of a ~5.4 ms full decode (the entropy decoding is the same), and
-  the crop, antialiased resize and flip take ~0.6 ms (~0.9 ms in a worker, right after a
-  decode has filled the caches). In loader workers the pipeline's batches also go to the main
+  (0.86-0.89x in every run of one session), 0.88-1.05x in the five runs since the changes
+  below (1.03, 0.88, 0.99, then 1.05 and 1.05 with contiguous tensors). Decoding at 1/2 scale
+  saves only ~1.1 ms of a ~5.4 ms full decode (the entropy decoding is the same), and the
+  crop, antialiased resize and flip take ~0.6 ms (~0.9 ms in a worker, right after a decode
+  has filled the caches). In loader workers the pipeline's batches also go to the main
   process, which the decode-only loader, returning a number per photo, does not pay. PyTorch
   sends every tensor of a batch in a shared-memory file of its own whose descriptor the main
   process fetches through a socket from the worker; label, score, source and the skipped count
   now go by value instead (`iqs.data.dataset.Batch`): +1.4 to +4.2% in four runs with the old
   and new collate taking turns. The transforms now end in contiguous channels-first tensors
-  (transform + collate of 16 photos in one process: 6.4 -> 4.4 ms; at the loader level that is
-  within the noise). With 2 workers both loaders keep the 2 cores busy (workers
-  ~95% each), so their ratio is that of their CPU per photo (pipeline ~3.8 ms in a worker +
-  0.1 ms in the main process), and a slow spell of a few seconds moves it by 5%.
+  (transform + collate of 16 photos in one process: 6.4 -> 4.4 ms; at the loader level within
+  the noise). With 2 workers both loaders keep the 2 cores busy (workers ~95% each), so their
+  ratio is that of their CPU per photo (pipeline ~3.8 ms in a worker + 0.1 ms in the main
+  process), and a slow spell of a few seconds moves it by 5%.
 - *Lightning loop*: timed as whole runs one after the other (best of three), it measured
   0.91-1.07x: at ~0.4 s per step the machine's drift between runs was larger than the
   difference. Taking turns step by step, runs gave 0.94-1.03x and the summed ratio 0.95-1.01x:
