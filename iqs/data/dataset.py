@@ -166,25 +166,17 @@ def seed_worker(worker_id: int) -> None:
 def collate_skip_none(batch: list[dict[str, Any] | None]) -> Batch | None:
     """Collate the readable samples; ``"skipped"`` counts the unreadable ones (``None``).
 
-    Images are stacked by ``default_collate`` (into shared memory in a loader worker); the
-    per-sample numbers (label, score, source) become tensors in ordinary memory, which
+    ``default_collate`` stacks the images (into shared memory in a loader worker) and makes the
+    per-sample numbers (numpy scalars: label, score, source) tensors in ordinary memory, which
     :class:`Batch` sends to the main process by value. A batch of only unreadable samples is
     ``None``.
     """
     kept = [b for b in batch if b is not None]
     if not kept:
         return None
-    collated = Batch({key: _collate_field([b[key] for b in kept]) for key in kept[0]})
+    collated = Batch(default_collate(kept))
     collated["skipped"] = torch.tensor(len(batch) - len(kept))
     return collated
-
-
-def _collate_field(values: list[Any]) -> Any:
-    if isinstance(values[0], (np.generic, int, float)) or (
-        isinstance(values[0], torch.Tensor) and values[0].dim() == 0
-    ):
-        return torch.from_numpy(np.array(values))
-    return default_collate(values)
 
 
 class Batch(dict):
