@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -39,6 +40,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from iqs.data.images import read_rgb, reuse_freed_memory
 from iqs.train import CONFIG_DIR, build
@@ -301,6 +303,36 @@ def _each(fn: Callable[[np.ndarray], object], batches: list[np.ndarray]) -> None
         fn(b)
 
 
+def flops_per_call(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Floating-point operations of one call (PyTorch's counter: convolutions and matrix
+    products, 2 per multiply-add; the cheap element-wise work is left out)."""
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x)
+    return counter.get_total_flops()
+
+
+def peak_conv_flops(tmp: Path) -> float:
+    """This CPU's fastest FP32 convolution rate (FLOP/s): the best of PyTorch and ONNX Runtime
+    on the 3x3 convolutions of ResNet's middle stages (batch 16; 256 channels at 28 px, 512 at
+    14 px), the shapes on which both come closest to the CPU's arithmetic limit."""
+    import onnxruntime as ort
+
+    best = 0.0
+    for channels, side in ((256, 28), (512, 14)):
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
+        x = torch.randn(BATCH, channels, side, side)
+        path = tmp / f"conv{channels}.onnx"
+        with torch.no_grad():
+            torch.onnx.export(conv, (x,), str(path), input_names=["x"], dynamo=False)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        with torch.inference_mode():
+            times = best_seconds({"eager": partial(conv, x),
+                                  "onnx": partial(session.run, None, {"x": x.numpy()})},
+                                 5, pause=0.2)  # fmt: skip
+        best = max(best, flops_per_call(conv, x) / min(times.values()))
+    return best
+
+
 def predict_rows(tmp: Path, quick: bool) -> list[Row]:
     import onnxruntime as ort
 
@@ -314,6 +346,7 @@ def predict_rows(tmp: Path, quick: bool) -> list[Row]:
     blobs = np.stack([digikam_preprocess(read_rgb(p)) for p in photos])
     decode_s = (time.perf_counter() - start) / len(photos)
     batches = [blobs[i : i + BATCH] for i in range(0, len(blobs), BATCH)]
+    peak = peak_conv_flops(tmp)
     rows = []
     for backbone in PREDICT_BACKBONES:
         cfg = compose_train([f"model={backbone}", "paths.root_dir=.", "paths.output_dir=."])
@@ -346,6 +379,14 @@ def predict_rows(tmp: Path, quick: bool) -> list[Row]:
         rows.append(Row(section, "decode + digiKam resize share of a 1024x768 photo's time",
                         f"{decode_s * 1e3:.1f} ms decode", f"{model_s * 1e3:.1f} ms model (ORT)",
                         share))  # fmt: skip
+        flops = flops_per_call(deployed, torch.from_numpy(batches[0])) / len(batches[0])
+        rate_onnx, rate_eager = flops * n / t_onnx, flops * n / t_eager
+        rows.append(Row(section, f"arithmetic rate ({flops / 1e9:.2f} GFLOP/photo) vs peak FP32 "
+                        f"convolution rate ({peak / 1e9:.0f} GFLOP/s); ratio: ceiling of ORT vs "
+                        "eager",
+                        f"{rate_onnx / 1e9:.0f} GFLOP/s ORT ({rate_onnx / peak:.0%} of peak)",
+                        f"{rate_eager / 1e9:.0f} GFLOP/s eager ({rate_eager / peak:.0%})",
+                        peak / rate_eager))  # fmt: skip
     return rows
 
 
@@ -430,8 +471,11 @@ def in_child(task: str, tmp: Path, *args: str) -> object:
 
 
 def format_row(r: Row) -> str:
+    # speed ratios are cut, not rounded, to two decimals: 1.297 shows as 1.29x, not as a 1.30x
+    # that says "no" against ">= 1.3x"
     ratio = "" if r.ratio is None else (f"+{r.ratio:.0f} MB" if "memory" in r.measure
-                                        else f"{r.ratio:.2f}x" if "share" not in r.measure
+                                        else f"{math.floor(r.ratio * 100) / 100:.2f}x"
+                                        if "share" not in r.measure
                                         else f"{r.ratio:.0%}")  # fmt: skip
     met = "" if r.met is None else ("yes" if r.met else "**no**")
     return (
@@ -493,7 +537,12 @@ How to read it:
 - *Predict*: the exported digiKam graph (299 px [-1, 1] input, probabilities out) in ONNX Runtime
   vs the same module in eager PyTorch, same preprocessed photos, the best of 5 passes each taking
   turns (a pause after each, as ONNX Runtime's threads spin on after a run); the share row is
-  decode + digiKam's resize of a 1024x768 JPEG vs the ONNX model's time per photo.
+  decode + digiKam's resize of a 1024x768 JPEG vs the ONNX model's time per photo. The
+  *arithmetic rate* row counts each model's floating-point operations per photo (PyTorch's
+  `FlopCounterMode`: convolutions and matrix products) and divides them by the two measured
+  times; the peak is the fastest FP32 convolution measured on this CPU in the same run (PyTorch
+  and ONNX Runtime on ResNet's middle-stage 3x3 convolutions, batch 16). Peak / eager rate is
+  the most any FP32 runtime could gain on eager PyTorch for that model on this machine.
 - *Memory*: the peak of what `IQSDataModule.setup()` allocates (tracemalloc: Python objects and
   numpy/pandas buffers) on a generated `AVA.txt` of that many rows (real format), each size in a
   fresh process; *kept* is what stays allocated after it.
@@ -512,20 +561,25 @@ How to read it:
 Close calls, and why a row can say **no** (as measured when this script was written):
 - *ONNX Runtime vs eager*: over runs, the default backbone 1.43-3.57x (1.08x once
   when the two were timed one after the other, before they took turns), the study's InceptionV3
-  (digiKam's model) 1.25-1.76x, resnet18 1.08-1.32x, around the 1.3x line. Both libraries run
-  the convolutions at about the same speed on this CPU (AVX-512): profiled over the same 6
-  batches of 16 photos, InceptionV3 took 2.6 s in ONNX Runtime (95% convolutions, with batch
-  norm and ReLU fused in) and 3.4 s eager (76% oneDNN convolutions = 2.6 s, 12% batch norm,
-  3% max-pool, 3% average pool, 2% ReLU, 2% concatenation). ONNX Runtime's lead is what eager
-  spends outside its convolutions, so ~1.3x is the ceiling here; on the CPUs of earlier runs
-  its convolutions were faster too. Eager's speed also depends on the pixels: on uniform noise
-  resnet18 ran at 75-80 img/s against 104-105 on these photos (its max-pool with indices took
-  242 ms against < 18 ms over 6 batches: data-dependent branches), which would have shown ONNX
-  Runtime 1.5-1.6x ahead instead of 1.1-1.3x; the bench times photo-like input. The ratios were
-  higher (resnet18 1.18-1.33x, default 2.5-3.1x) while eager PyTorch page-faulted its
-  activations, before the allocator setting above. No ONNX Runtime session option helped
-  (threads, spinning, arena; its default full graph optimisation, with the NCHWc layout, is the
-  fastest). Eager PyTorch's own speed moves by up to 30% between consecutive passes here.
+  (digiKam's model) 1.25-1.76x, resnet18 1.08-1.32x, around the 1.3x line. The arithmetic-rate
+  rows show why: on the two large models ONNX Runtime runs at the CPU's limit (in the first two
+  runs with these rows resnet18 at 91% and 97%, InceptionV3 at 96% and 98% of the peak
+  convolution rate), so its lead is exactly eager's shortfall, and eager PyTorch ran resnet18 at
+  70% and 79% of the peak: a ceiling of 1.42x and 1.26x for any FP32 runtime. Where eager
+  reaches 77% of the peak, 1.3x on resnet18 cannot be had on this machine. Eager loses most
+  on narrow convolutions (3x3 at batch 16, PyTorch vs ONNX Runtime: 64 channels at 56 px 219
+  vs 357 GFLOP/s, 128 at 28 px 299 vs 415, 256 at 28 px 385 vs 452, 512 at 14 px 441 vs 451)
+  and outside them: profiled over 6 batches of 16 photos, InceptionV3 took 2.6 s in ONNX Runtime
+  (95% convolutions, batch norm and ReLU fused in) and 3.4 s eager (76% oneDNN convolutions,
+  12% batch norm, 3% max-pool, 3% average pool, 2% ReLU, 2% concatenation). Eager's speed also
+  depends on the pixels: on uniform noise resnet18 ran at 75-80 img/s against 104-105 on these
+  photos (its max-pool with indices took 242 ms against < 18 ms over 6 batches:
+  data-dependent branches), which would have shown ONNX Runtime 1.5-1.6x ahead; the bench
+  times photo-like input. The ratios were higher (resnet18 1.18-1.33x, default 2.5-3.1x)
+  while eager PyTorch page-faulted its activations, before the allocator setting above. No
+  ONNX Runtime session option helped (threads, spinning, arena; its default full graph
+  optimisation, with the NCHWc layout, is the fastest). Eager PyTorch's own speed moves by up
+  to 30% between consecutive passes here.
 - *1024x768 pipeline*: the 2-worker row is the low one: 0.86-0.97x over the earlier runs
   (0.86-0.89x in every run of one session), 0.88-1.05x in the five runs since the changes
   below (1.03, 0.88, 0.99, then 1.05 and 1.05 with contiguous tensors). Decoding at 1/2 scale

@@ -40,3 +40,16 @@ def test_lightning_step_time_excludes_only_the_plain_step_run_inside_it():
     # next start, so neither loop's last step counts).
     assert clock.seconds(skip=0) == (18.0, 12.0)
     assert clock.seconds(skip=1) == (12.0, 8.0)
+
+
+def test_flop_count_of_a_convolution_and_ratios_cut_not_rounded():
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run import Row, flops_per_call, format_row
+
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    # 2 operations per multiply-add: 2 photos x 8 outputs x 10 x 10 pixels x 3 x 3 x 3 taps
+    assert flops_per_call(conv, torch.zeros(2, 3, 10, 10)) == 2 * 2 * 8 * 100 * 27
+    row = Row("predict", "ONNX Runtime vs PyTorch eager", "", "", 1.2966, ">= 1.3x", False)
+    assert "| 1.29x | >= 1.3x | **no** |" in format_row(row)
