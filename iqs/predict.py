@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -151,19 +151,36 @@ def predict(
     return rows
 
 
-def write_sidecars(rows: list[dict[str, Any]], naming: str, dry_run: bool) -> None:
-    """Pick label of each labelled photo into its XMP sidecar; failures go to ``error``."""
-    from iqs.xmp import write_pick_label
+def write_sidecars(rows: list[dict[str, Any]], naming: str, dry_run: bool) -> int:
+    """Pick label of each labelled photo into its XMP sidecar; failures go to ``xmp``.
 
-    for row in rows:
-        if row.get("error"):
-            continue
+    Returns the number of sidecars not written. Photos that would share one sidecar (``a.jpg``
+    and ``a.png`` with "compatible" naming) are all refused: one label would overwrite another.
+    """
+    from iqs.xmp import XmpError, sidecar_path, write_pick_label
+
+    labelled = [row for row in rows if not row.get("error")]
+    owners: dict[Path, list[str]] = defaultdict(list)
+    for row in labelled:
+        owners[sidecar_path(row["path"], naming)].append(row["path"])
+    failed = 0
+    for row in labelled:
         try:
+            shared = owners[sidecar_path(row["path"], naming)]
+            if len(shared) > 1:
+                raise XmpError(
+                    f"{sidecar_path(row['path'], naming)} would be the sidecar of "
+                    f"{' and '.join(shared)}; use --sidecar default"
+                )
             result = write_pick_label(row["path"], row["pick_label"], naming, dry_run=dry_run)
             row["xmp"] = f"{'would be ' if dry_run else ''}{result.action}: {result.sidecar}"
         except Exception as e:  # one bad sidecar must not stop the others; it is reported
-            row["xmp"] = f"failed: {e}"
-            log.warning("%s: sidecar not written: %s", row["path"], e)
+            row["xmp"] = f"{'would fail' if dry_run else 'failed'}: {e}"
+            log.warning(
+                "%s: sidecar %s: %s", row["path"], "would fail" if dry_run else "not written", e
+            )
+            failed += 1
+    return failed
 
 
 def save(rows: list[dict[str, Any]], out: str | os.PathLike) -> None:
@@ -219,14 +236,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"iqs-predict: {e}", file=sys.stderr)
         return 1
-    if args.xmp:
-        write_sidecars(rows, args.sidecar, args.dry_run)
+    failed = write_sidecars(rows, args.sidecar, args.dry_run) if args.xmp else 0
     save(rows, args.out)
     print(summary(rows))
     print(f"results: {args.out}")
     if args.xmp:
         for row in rows[:20] if args.dry_run else []:
             print(f"  {row.get('xmp') or row['path'] + ': ' + row['error']}")
+    if failed:
+        verb = "would not be" if args.dry_run else "not"
+        print(f"iqs-predict: {failed} sidecar(s) {verb} written; the reasons are in the xmp "
+              f"column of {args.out}", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

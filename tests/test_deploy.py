@@ -163,6 +163,34 @@ def test_predict_writes_pick_labels_to_sidecars(onnx_model, tmp_path):
     assert pd.read_csv(tmp_path / "p.csv")["xmp"].str.startswith("unchanged").all()
 
 
+def test_predict_refuses_photos_sharing_a_sidecar_and_exits_1(onnx_model, tmp_path, capsys):
+    import csv
+    import os
+
+    from iqs.xmp import read_pick_label
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    rgb = skimage.data.coffee()[:240, :320]
+    for name in ("c.jpg", "c.png", os.fsdecode(b"caf\xe9.jpg")):  # a Latin-1 name, too
+        Image.fromarray(rgb).save(folder / name)
+    out = tmp_path / "p.csv"
+    args = [str(folder), "--model", str(onnx_model), "--out", str(out), "--xmp"]
+    assert iqs_predict([*args, "--sidecar", "compatible"]) == 1
+    assert "2 sidecar(s) not written" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.glob("*.xmp")) == [os.fsdecode(b"caf\xe9.xmp")]
+    with open(out, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    for name in ("c.jpg", "c.png"):
+        assert rows[name]["xmp"].startswith("failed: ") and "c.jpg and " in rows[name]["xmp"]
+        assert rows[name]["label"]  # the prediction itself is kept
+    latin = rows[os.fsdecode(b"caf\xe9.jpg")]
+    assert read_pick_label(folder / os.fsdecode(b"caf\xe9.xmp")) == int(latin["pick_label"])
+    # default naming gives each photo its own sidecar
+    assert iqs_predict(args) == 0
+    assert read_pick_label(folder / "c.png.xmp") == int(rows["c.png"]["pick_label"])
+
+
 def test_eval_reports_metrics_that_match_sklearn(checkpoint, tmp_path, data_dir):
     from tests.conftest import compose_eval
 

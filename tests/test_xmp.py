@@ -281,3 +281,172 @@ def test_missing_photo_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         write_pick_label(tmp_path / "gone.jpg", 3)
     assert list(tmp_path.iterdir()) == []
+
+
+def packet(declarations: str, properties: str) -> str:
+    return (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        f'xmlns:rdf="{NS["rdf"]}"><rdf:Description rdf:about="" {declarations} {properties}/>'
+        "</rdf:RDF></x:xmpmeta>"
+    )
+
+
+def new_photo(folder: Path, name: str) -> Path:
+    path = folder / name
+    Image.new("RGB", (8, 8)).save(path, format="JPEG")
+    return path
+
+
+def test_a_prefix_one_sidecar_binds_elsewhere_does_not_move_the_next_ones(tmp_path: Path) -> None:
+    # Exiv2 names properties by prefix, process-wide: before, b's Lightroom property was written
+    # into a's namespace because a bound "lr" to it.
+    a, b = new_photo(tmp_path, "a.jpg"), new_photo(tmp_path, "b.jpg")
+    mine = "http://example.com/mytool/1.0/"
+    sidecar_path(a).write_text(packet(f'xmlns:lr="{mine}"', 'lr:foo="A"'))
+    sidecar_path(b).write_text(packet(f'xmlns:lr="{NS["lr"]}"', 'lr:privateRTKInfo="B"'))
+    write_pick_label(a, 3)
+    write_pick_label(b, 1)
+    assert (
+        ET.parse(sidecar_path(a)).getroot().find(".//rdf:Description", NS).get(f"{{{mine}}}foo")
+        == "A"
+    )
+    assert xmp_property(sidecar_path(b), "lr:privateRTKInfo") == "B"
+    assert xmp_property(sidecar_path(b), "digiKam:PickLabel") == "1"
+
+
+@pytest.mark.parametrize(
+    "declaration, prop",
+    [
+        # Exiv2 would write the namespace as "http://example.com/foo/": another namespace
+        ('xmlns:foo="http://example.com/foo"', 'foo:bar="C"'),
+        # the label would land in this other namespace, where digiKam never looks
+        ('xmlns:digiKam="http://example.com/not-digikam/"', 'digiKam:x="D"'),
+    ],
+    ids=["uri-without-slash", "digiKam-prefix-elsewhere"],
+)
+def test_a_sidecar_exiv2_cannot_rewrite_faithfully_is_refused_and_untouched(
+    photo: Path, declaration: str, prop: str
+) -> None:
+    sidecar = sidecar_path(photo)
+    sidecar.write_text(packet(declaration, prop))
+    before = sidecar.read_bytes()
+    with pytest.raises(XmpError, match=r"photo\.jpg\.xmp: Exiv2 cannot rewrite"):
+        write_pick_label(photo, 3)
+    assert sidecar.read_bytes() == before
+    assert leftovers(photo.parent) == []
+    # and nothing of it leaks into the next sidecar
+    other = new_photo(photo.parent, "other.jpg")
+    write_pick_label(other, 3)
+    assert xmp_property(sidecar_path(other), "digiKam:PickLabel") == "3"
+
+
+def test_update_keeps_a_lightroom_and_digikam_sidecar_with_regions_and_history(
+    photo: Path,
+) -> None:
+    sidecar = sidecar_path(photo)
+    sidecar.write_text(RICH, encoding="utf-8")
+    assert write_pick_label(photo, 3) == SidecarWrite(sidecar, "updated", 2)
+    root = ET.parse(sidecar).getroot()
+    area = "{http://ns.adobe.com/xmp/sType/Area#}"
+    regions = "{http://www.metadataworkinggroup.com/schemas/regions/}"
+    assert [e.get(f"{area}x") for e in root.iter(f"{regions}Area")] == ["0.42", "0.62"]
+    assert [e.get(f"{regions}Name") for e in root.iter(f"{{{NS['rdf']}}}Description")
+            if e.get(f"{regions}Name")] == ["Ada", "Bob"]  # fmt: skip
+    assert xmp_property(sidecar, "dc:title") == ["Halloween", "Halloween auf Deutsch"]
+    assert xmp_property(sidecar, "digiKam:TagsList") == ["People/Ada", "People/Bob"]
+    assert xmp_property(sidecar, "digiKam:PickLabel") == "3"
+    history = [li.attrib for li in root.iter(f"{{{NS['rdf']}}}li") if li.attrib
+               and "ResourceEvent" in next(iter(li.attrib))]  # fmt: skip
+    assert [h["{http://ns.adobe.com/xap/1.0/sType/ResourceEvent#}action"] for h in history] == [
+        "derived", "saved",
+    ]  # fmt: skip
+
+
+def test_read_only_sidecar_is_left_alone(photo: Path, realistic: Path) -> None:
+    realistic.chmod(0o444)
+    before = realistic.read_bytes()
+    with pytest.raises(XmpError, match=r"photo\.jpg\.xmp is read-only"):
+        write_pick_label(photo, 3)
+    assert realistic.read_bytes() == before
+    assert stat.S_IMODE(realistic.stat().st_mode) == 0o444
+
+
+def test_dangling_symlinked_sidecar_names_the_sidecar(photo: Path) -> None:
+    sidecar_path(photo).symlink_to(photo.parent / "gone" / "photo.jpg.xmp")
+    with pytest.raises(XmpError, match=r"photo\.jpg\.xmp links to .*gone.* does not exist"):
+        write_pick_label(photo, 3)
+    assert not (photo.parent / "gone").exists()
+
+
+def test_a_file_name_that_is_not_utf8_works(tmp_path: Path) -> None:
+    photo = new_photo(tmp_path, os.fsdecode(b"caf\xe9.jpg"))  # Latin-1 name from an old camera
+    assert write_pick_label(photo, 2).action == "created"
+    assert read_pick_label(sidecar_path(photo)) == 2
+    assert os.fsencode(sidecar_path(photo).name) == b"caf\xe9.jpg.xmp"
+
+
+# Lightroom's and digiKam's properties in two rdf:Description nodes: edit history, tone curve,
+# face regions (MWG) as nested structures, a title in two languages.
+RICH = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="Adobe XMP Core 5.6-c140 79.160451">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/"
+    xmlns:stEvt="http://ns.adobe.com/xap/1.0/sType/ResourceEvent#"
+    xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/"
+    xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/"
+    xmp:CreatorTool="Adobe Photoshop Lightroom Classic 9.0 (Windows)"
+    xmp:ModifyDate="2019-11-02T14:05:27+01:00"
+    xmp:Rating="5"
+    xmpMM:DocumentID="xmp.did:0f3b2a1c-1f2e-4c4b-9b1a-2f3c4d5e6f70"
+    crs:WhiteBalance="As Shot"
+    crs:Exposure2012="+0.35"
+    photoshop:DateCreated="2019-10-31T17:42:10.25">
+   <xmpMM:History>
+    <rdf:Seq>
+     <rdf:li stEvt:action="derived" stEvt:parameters="converted from image/x-canon-cr2"/>
+     <rdf:li stEvt:action="saved" stEvt:when="2019-11-02T14:05:27+01:00" stEvt:changed="/metadata"/>
+    </rdf:Seq>
+   </xmpMM:History>
+   <crs:ToneCurvePV2012><rdf:Seq><rdf:li>0, 0</rdf:li><rdf:li>255, 255</rdf:li></rdf:Seq>
+   </crs:ToneCurvePV2012>
+  </rdf:Description>
+  <rdf:Description rdf:about=""
+    xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:digiKam="http://www.digikam.org/ns/1.0/"
+    xmlns:mwg-rs="http://www.metadataworkinggroup.com/schemas/regions/"
+    xmlns:stDim="http://ns.adobe.com/xap/1.0/sType/Dimensions#"
+    xmlns:stArea="http://ns.adobe.com/xmp/sType/Area#"
+    digiKam:ColorLabel="2">
+   <dc:title>
+    <rdf:Alt>
+     <rdf:li xml:lang="x-default">Halloween</rdf:li>
+     <rdf:li xml:lang="de-DE">Halloween auf Deutsch</rdf:li>
+    </rdf:Alt>
+   </dc:title>
+   <mwg-rs:Regions rdf:parseType="Resource">
+    <mwg-rs:AppliedToDimensions stDim:w="6000" stDim:h="4000" stDim:unit="pixel"/>
+    <mwg-rs:RegionList>
+     <rdf:Bag>
+      <rdf:li>
+       <rdf:Description mwg-rs:Name="Ada" mwg-rs:Type="Face">
+        <mwg-rs:Area stArea:x="0.42" stArea:y="0.31" stArea:w="0.1" stArea:h="0.15"/>
+       </rdf:Description>
+      </rdf:li>
+      <rdf:li>
+       <rdf:Description mwg-rs:Name="Bob" mwg-rs:Type="Face">
+        <mwg-rs:Area stArea:x="0.62" stArea:y="0.33" stArea:w="0.09" stArea:h="0.14"/>
+       </rdf:Description>
+      </rdf:li>
+     </rdf:Bag>
+    </mwg-rs:RegionList>
+   </mwg-rs:Regions>
+   <digiKam:TagsList><rdf:Seq><rdf:li>People/Ada</rdf:li><rdf:li>People/Bob</rdf:li></rdf:Seq>
+   </digiKam:TagsList>
+   <digiKam:PickLabel>2</digiKam:PickLabel>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>
+"""
