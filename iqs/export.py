@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +33,7 @@ from iqs.data.labels import CLASS_NAMES, PICK_LABEL
 from iqs.deploy import DIGIKAM_SIZE, DeployedModel, digikam_preprocess
 from iqs.models.backbones import input_config
 from iqs.models.module import CheckpointError, load_checkpoint
-from iqs.utils import atomic_write_text
+from iqs.utils import atomic_write_text, temp_beside
 
 log = logging.getLogger("iqs.export")
 OPSET = 17
@@ -165,15 +164,14 @@ def export(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model, run_config = deployed_model(ckpt)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+    tmp = temp_beside(out)  # torch.onnx.export writes to a path, so not atomic_write
     try:
         export_onnx(model, tmp)
         check = verify(model, tmp, sample_photos(check_photos), tolerance)
-        card = model_card(Path(tmp), ckpt, run_config, check)
+        card = model_card(tmp, ckpt, run_config, check)
         os.replace(tmp, out)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     atomic_write_text(out.with_suffix(".json"), json.dumps(card, indent=2, default=str))
     return card

@@ -22,7 +22,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp(path)
+    tmp = temp_beside(path)
     text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
     try:
         with open(tmp, mode, **text) as f:
@@ -37,8 +37,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         raise
 
 
-def _new_temp(path: Path) -> Path:
-    """Create an empty hidden file beside ``path`` (mode 0666 less the umask) and return it."""
+def temp_beside(path: Path) -> Path:
+    """Create an empty hidden file beside ``path`` (mode 0666 less the umask) and return it:
+    the file to write and then rename over ``path``."""
     for _ in range(100):
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:

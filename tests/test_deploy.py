@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -79,6 +81,11 @@ def test_export_writes_a_verified_model_and_card(onnx_model, checkpoint):
     assert card["verification"]["onnxruntime"]["max_abs_diff"] < 1e-4
     assert card["training_config"]["model"]["backbone"]["name"] == "mobilenetv3_small_100"
     assert not list(onnx_model.parent.glob(".*.tmp"))
+    # files to hand on to digiKam get an ordinary mode, not a temporary file's private 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (onnx_model, onnx_model.with_suffix(".json")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
 
 
 @pytest.mark.parametrize("model", ["onnx", "ckpt"])
@@ -165,7 +172,6 @@ def test_predict_writes_pick_labels_to_sidecars(onnx_model, tmp_path):
 
 def test_predict_refuses_photos_sharing_a_sidecar_and_exits_1(onnx_model, tmp_path, capsys):
     import csv
-    import os
 
     from iqs.xmp import read_pick_label
 
