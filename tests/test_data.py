@@ -194,7 +194,7 @@ def test_manifest_errors_name_column_and_rows():
         mf.validate(df)
     with pytest.raises(mf.ManifestError, match=r"missing column.*label"):
         mf.validate(df.drop(columns="label"))
-    with pytest.raises(mf.ManifestError, match="duplicate image_id"):
+    with pytest.raises(mf.ManifestError, match=r"duplicate image_id\(s\) \['s:1'\]"):
         mf.validate(pd.DataFrame([good, good]))
     leak = pd.DataFrame([{**good, "split": "train"}, {**good, "image_id": "s:2", "split": "test"}])
     with pytest.raises(mf.ManifestError, match="more than one split"):

@@ -294,3 +294,74 @@ def test_mix_switches_caps_and_sampling_weights(trees, tmp_path):
     draws = np.array(draws)
     share = (draws == "folder").mean()  # 9 rows x 4 against 12 rows x 1: 36 / 48
     assert share == pytest.approx(0.75, abs=0.03)
+
+
+def test_avas_test_list_holds_for_eva_where_avas_own_row_is_left_out(tmp_path):
+    from iqs.data.datamodule import IQSDataModule
+
+    listed, others = list(range(100, 120)), list(range(200, 220))
+    ds.ava_tree(tmp_path / "ava", listed + others, test_ids=listed)
+    for i in listed:  # AVA's copies missing: its rows of the listed photos are left out
+        (tmp_path / "ava" / "images" / f"{i}.jpg").unlink()
+    ds.eva_tree(tmp_path / "eva", listed + list(range(300, 320)), votes_per_image=3)
+    dm = IQSDataModule(
+        {"ava": AVA(root=tmp_path / "ava", labels=STUDY.ava),
+         "eva": EVA(root=tmp_path / "eva", labels=STUDY.eva)},
+        image_size=32,
+    )  # fmt: skip
+    df = dm.build_manifest()
+    eva = df[df["source"] == "eva"].set_index("image_id")["split"]
+    assert (eva[[f"ava:{i}" for i in listed]] == "test").all()
+    assert set(eva[[f"ava:{i}" for i in range(300, 320)]]) > {"train"}  # seeded, as before
+    assert set(df.loc[df["source"] == "ava", "split"]) <= {"train", "val"}
+
+
+def test_scores_outside_the_range_and_repeated_images_are_reported_and_left_out(tmp_path):
+    (tmp_path / "dmos.csv").write_text(
+        "dist_img,ref_img,dmos,var\n"
+        "I01_01_01.png,I01.png,4.2,0.1\n"
+        "I01_01_02.png,I01.png,42,0.1\n"  # a lost decimal point
+        "I01_01_01.png,I01.png,1.5,0.1\n"  # the same image again
+        "I01_01_03.png,I01.png,0.5,0.1\n"
+    )
+    src = KADID10k(root=tmp_path, labels=STUDY.kadid10k, check_files=False)
+    df = src.annotations()
+    assert df["id"].tolist() == ["I01_01_01"] and df["raw_score"].tolist() == [4.2]
+    path = tmp_path / "dmos.csv"
+    assert src.problems == [
+        f"{path}:3: dmos 42 outside 1..5, left out",
+        f"{path}:5: dmos 0.5 outside 1..5, left out",
+        f"{path}:4: dist_img 'I01_01_01.png' already on line 2, left out",
+    ]
+
+
+def test_unclosed_quote_empty_file_and_bad_bytes_are_named_by_line(tmp_path):
+    path = tmp_path / "dmos.csv"
+    path.write_text(
+        'dist_img,ref_img,dmos,var\nI01_01_01.png,I01.png,4.2,0.1\nI01_01_02.png,"I01.png,3.1,0.1\n'
+        "I01_01_03.png,I01.png,2.0,0.1\nI01_01_04.png,I01.png,2.5,0.1\n"
+    )
+    src = KADID10k(root=tmp_path, labels=STUDY.kadid10k, check_files=False)
+    assert src.annotations()["id"].tolist() == ["I01_01_01"]
+    assert src.problems == [
+        f"{path}:3: expected 4 fields, found 2 (a quoted field runs from line 3 to 5)"
+    ]
+    # a quote that never closes: the csv module gives up at its field size limit
+    path.write_text('dist_img,ref_img,dmos,var\n"x' + "I01.png,1,1\n" * 12_000)
+    with pytest.raises(SourceError, match=r"dmos\.csv:2: .*quote opened on this line"):
+        KADID10k(root=tmp_path, labels=STUDY.kadid10k, check_files=False).annotations()
+
+    (tmp_path / "AVA.txt").write_text("")
+    (tmp_path / "generic_test.jpgl").write_text("14\n")
+    with pytest.raises(SourceError, match=r"AVA\.txt: no rows, empty file"):
+        AVA(root=tmp_path, labels=STUDY.ava, check_files=False).annotations()
+
+    # a Latin-1 byte far into the file: its line, not an offset inside the decoder's block
+    good = "I01_01_{:05d}.png,I01.png,2.0,0.1\n"
+    path.write_bytes(
+        b"dist_img,ref_img,dmos,var\n"
+        + "".join(good.format(i) for i in range(3000)).encode()
+        + b"caf\xe9.png,I01.png,2.0,0.1\n"
+    )
+    with pytest.raises(SourceError, match=r"dmos\.csv:3002: not UTF-8 text \(byte 4 of the line"):
+        KADID10k(root=tmp_path, labels=STUDY.kadid10k, check_files=False).annotations()

@@ -138,7 +138,9 @@ class IQSDataModule(pl.LightningDataModule):
             self._report_problems(source)
         df = pd.concat(frames, ignore_index=True)
         df = mf.validate(df, where="combined manifest")
-        df = assign_group_splits(df, self.split_fractions, self.seed)
+        fixed = pd.concat([s.official_splits() for s in self.sources.values()])
+        fixed = fixed[~fixed.index.duplicated()]
+        df = assign_group_splits(df, self.split_fractions, self.seed, fixed)
         mf.check_no_leak(df)
         return df
 

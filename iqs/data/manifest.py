@@ -59,7 +59,10 @@ def validate(df: pd.DataFrame, where: str = "manifest") -> pd.DataFrame:
     # One image may come from two sources (AVA and EVA), but only once from each.
     dupes = df.index[df.duplicated(["source", "image_id"])]
     if len(dupes):
-        raise ManifestError(f"{where}: duplicate image_id within a source in rows {_rows(dupes)}")
+        ids = list(dict.fromkeys(df.loc[dupes, "image_id"]))[:5]
+        raise ManifestError(
+            f"{where}: duplicate image_id(s) {ids} within a source (rows {_rows(dupes)})"
+        )
     df["histogram"] = df["histogram"].fillna("").astype(str)
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[list(COLUMNS) + extra].reset_index(drop=True)

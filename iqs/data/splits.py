@@ -24,9 +24,13 @@ _TRAINVAL = len(SPLITS)  # ``trainval`` after the codes of SPLITS
 
 
 def assign_group_splits(
-    df: pd.DataFrame, fractions: Mapping[str, float], seed: int
+    df: pd.DataFrame, fractions: Mapping[str, float], seed: int, fixed: pd.Series | None = None
 ) -> pd.DataFrame:
     """Fill empty and ``trainval`` splits by group, keeping every split a source gave.
+
+    ``fixed`` (split by ``image_id``) holds the splits a data set fixes for its photos even where
+    it brought no row of them (AVA's test list, for a photo whose AVA row the label rule, a
+    missing file or ``max_samples`` left out): rows of those photos without a split take it.
 
     Raises:
         ManifestError: two rows of one group were given different splits.
@@ -35,6 +39,14 @@ def assign_group_splits(
         raise ValueError(f"split fractions must name {SPLITS}, got {list(fractions)}")
     if sum(fractions.values()) <= 0 or any(v < 0 for v in fractions.values()):
         raise ValueError(f"split fractions must be non-negative and sum > 0, got {fractions}")
+    if fixed is not None and len(fixed):
+        empty = df["split"].eq("").to_numpy()
+        if empty.any():
+            df = df.copy(deep=False)
+            split = df["split"].to_numpy(dtype=object, copy=True)
+            hint = df.loc[empty, "image_id"].map(fixed)
+            split[np.flatnonzero(empty)[hint.notna().to_numpy()]] = hint.dropna().to_numpy()
+            df["split"] = split
     group, names = pd.factorize(df["group"], sort=True)
     split_codes = {**{s: i for i, s in enumerate(SPLITS)}, TRAINVAL: _TRAINVAL}
     row_split = df["split"].map(split_codes).fillna(_NONE).to_numpy(np.int64)

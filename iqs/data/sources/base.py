@@ -61,6 +61,11 @@ class Source(ABC):
     def manifest(self) -> pd.DataFrame:
         """Return the manifest rows of this source, ``source`` column set to ``self.name``."""
 
+    def official_splits(self) -> pd.Series:
+        """Splits (by ``image_id``) this data set fixes for photos that other sources may bring
+        too, whether or not this source keeps a row of them (see ``assign_group_splits``)."""
+        return pd.Series(dtype=object)
+
 
 class AnnotatedSource(Source):
     """A published data set: an annotation file with scores, and a folder of images.
@@ -156,7 +161,8 @@ class AnnotatedSource(Source):
                 "source": self.name,
                 "image_id": f"{self.family}:" + df["id"].astype(str),
                 "split": df.get("split", ""),
-                "score": ((df["raw_score"].to_numpy(np.float64) - lo) / (hi - lo)).clip(0, 1),
+                # not clipped: each source leaves out (and reports) scores outside its range
+                "score": (df["raw_score"].to_numpy(np.float64) - lo) / (hi - lo),
                 "label": np.asarray(labels),
                 "histogram": df.get("histogram", ""),
                 "raw_score": df["raw_score"].to_numpy(),

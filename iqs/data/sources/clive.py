@@ -76,7 +76,14 @@ class CLIVE(AnnotatedSource):
             self.problems.append(
                 f"{self.root / self.mos_file}: entry {start + i + 1} is not a number"
             )
-        df = df.loc[~bad]
+        lo, hi = self.score_range
+        outside = ~bad & ((df["raw_score"] < lo) | (df["raw_score"] > hi)).to_numpy()
+        for i in np.flatnonzero(outside):
+            self.problems.append(
+                f"{self.root / self.mos_file}: entry {start + i + 1} "
+                f"({df['raw_score'].iloc[i]:g}) outside {lo:g}..{hi:g}, left out"
+            )
+        df = df.loc[~(bad | outside)]
         df["id"] = df["file"]
         return df.reset_index(drop=True)
 

@@ -37,13 +37,8 @@ class EVA(AnnotatedSource):
 
     def annotations(self) -> pd.DataFrame:
         path = self.first_file(self.candidates, "votes file")
-        votes = read_table(
-            path, ["image_id", "score"], numeric=["score"], delimiter="=", problems=self.problems
-        )
-        out_of_range = ~votes["score"].between(0, 10)
-        for line, score in votes.loc[out_of_range, ["_line", "score"]].itertuples(index=False):
-            self.problems.append(f"{path}:{line}: score {score:g} outside 0..10, left out")
-        votes = votes.loc[~out_of_range]
+        votes = read_table(path, ["image_id", "score"], numeric=["score"], delimiter="=",
+                           problems=self.problems, ranges={"score": self.score_range})  # fmt: skip
         votes["image_id"] = votes["image_id"].str.strip()
         votes["bin"] = votes["score"].round().astype(np.int64)
         per_image = votes.groupby("image_id", sort=True)

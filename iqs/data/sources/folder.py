@@ -11,7 +11,7 @@ import pandas as pd
 
 from iqs.data.labels import NUM_CLASSES, class_index
 from iqs.data.sources.base import AnnotatedSource, SourceError
-from iqs.data.sources.tables import LINE, read_table, to_numbers
+from iqs.data.sources.tables import LINE, drop_repeats, read_table, to_numbers
 
 
 class Folder(AnnotatedSource):
@@ -51,8 +51,9 @@ class Folder(AnnotatedSource):
                 f"{path}: needs a 'path' column and a 'score' or 'label' column; "
                 f"found {[c for c in df.columns if c != LINE]}"
             )
+        df = drop_repeats(df, "path", path, self.problems)
         if has_score:
-            df = to_numbers(df, ["score"], path, self.problems)
+            df = to_numbers(df, ["score"], path, self.problems, {"score": self.score_range})
         df["path"] = df["path"].str.strip().map(os.path.normpath)
         # Not p.startswith(".."): that would refuse a photo named "..2019.jpg".
         outside = df["path"].map(lambda p: os.path.isabs(p) or p.split(os.sep)[0] == "..")

@@ -37,6 +37,8 @@ class KADID10k(AnnotatedSource):
             ["dist_img", "ref_img", "dmos"],
             numeric=["dmos"],
             problems=self.problems,
+            ranges={"dmos": self.score_range},
+            unique="dist_img",
         )
         return pd.DataFrame(
             {

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from iqs.data.sources.base import AnnotatedSource, SourceError
-from iqs.data.sources.tables import LINE, read_table, to_numbers
+from iqs.data.sources.tables import LINE, drop_repeats, read_table, to_numbers
 
 _NAME, _MOS = "Image name", "MOS"
 
@@ -44,7 +44,8 @@ class SPAQ(AnnotatedSource):
         if path.suffix.lower() in (".xlsx", ".xlsm"):
             df = self._read_excel(path)
         else:
-            df = read_table(path, [_NAME, _MOS], numeric=[_MOS], problems=self.problems)
+            df = read_table(path, [_NAME, _MOS], numeric=[_MOS], problems=self.problems,
+                            ranges={_MOS: self.score_range}, unique=_NAME)  # fmt: skip
         return pd.DataFrame(
             {"id": df[_NAME].str.rsplit(".", n=1).str[0], "file": df[_NAME], "raw_score": df[_MOS]}
         )
@@ -62,4 +63,5 @@ class SPAQ(AnnotatedSource):
         df[LINE] = df.index + 2  # the spreadsheet's row number (row 1 is the header)
         df = df.dropna(how="all", subset=[_NAME, _MOS])
         df[_NAME] = df[_NAME].fillna("").str.strip()
-        return to_numbers(df, [_MOS], path, self.problems)
+        df = to_numbers(df, [_MOS], path, self.problems, {_MOS: self.score_range})
+        return drop_repeats(df, _NAME, path, self.problems)
