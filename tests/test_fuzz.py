@@ -649,7 +649,7 @@ def test_image_cache_writes_only_its_own_entry(data, source, image_id):
         _write(top, "photos/x.jpg", data)
         cache = ImageCache(root, max_side=32)
         ok = _decodes_or_refuses(lambda: cache.read(photo, source, image_id), 32)
-        entry = cache.path_for(source, image_id)
+        entry = cache.path_for(photo, source, image_id)
         assert entry.resolve().is_relative_to(root.resolve())
         made = {os.path.relpath(p, top) for p in (entry, *entry.parents) if p.is_relative_to(top)}
         want = {"photos", "photos/x.jpg"} | (made - {"."} if ok else set())

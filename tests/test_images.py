@@ -4,6 +4,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ PHOTO = skimage.data.astronaut()[:, 64:448]  # 512 x 384
 
 
 def _jpeg(path: Path, rgb: np.ndarray = PHOTO, orientation: int | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     exif = Image.Exif()
     if orientation is not None:
         exif[0x0112] = orientation
@@ -69,6 +71,13 @@ def test_read_rgb_converts_other_modes_to_rgb(tmp_path):
     deep = np.full((8, 6), 40000, np.uint16)  # 16-bit greyscale is scaled, not clipped
     Image.fromarray(deep).save(tmp_path / "deep.png")
     assert (read_rgb(tmp_path / "deep.png") == 40000 // 257).all()
+    # a dark 16-bit PGM (Pillow's mode "I") stays dark, whatever its brightest pixel
+    (tmp_path / "dark.pgm").write_bytes(b"P5 4 2 65535\n" + np.full(8, 200, ">u2").tobytes())
+    assert (read_rgb(tmp_path / "dark.pgm") == 0).all()
+    # a colour marked transparent (tRNS) in an RGB or greyscale PNG is shown on white too
+    for mode, key in (("RGB", (0, 0, 0)), ("L", 0)):
+        Image.new(mode, (4, 2)).save(tmp_path / f"trns_{mode}.png", transparency=key)
+        assert (read_rgb(tmp_path / f"trns_{mode}.png") == 255).all(), mode
     Image.fromarray(PHOTO).save(tmp_path / "photo.png")
     small = read_rgb(tmp_path / "photo.png", max_side=128)  # no decoder reduction: area resize
     assert small.shape == (128, 96, 3)
@@ -92,7 +101,7 @@ def test_cache_stores_copies_already_rotated(tmp_path):
     cache = ImageCache(tmp_path / "cache", max_side=128)
     rgb = cache.read(path, "folder", "folder:rotated.jpg")
     assert rgb.shape == (96, 128, 3)
-    with Image.open(cache.path_for("folder", "folder:rotated.jpg")) as im:
+    with Image.open(cache.path_for(path, "folder", "folder:rotated.jpg")) as im:
         assert im.size == (128, 96)
         assert im.getexif().get(0x0112, 1) == 1
         stored = np.asarray(im.convert("RGB"))
@@ -167,6 +176,7 @@ def test_unreadable_image_survives_pickling():
 
 def test_cache_paths_are_safe_and_distinct(tmp_path):
     cache = ImageCache(tmp_path, max_side=256)
+    photo = _jpeg(tmp_path / "a.jpg")
     ids = [
         "ava:953619",
         "ava_953619",
@@ -176,13 +186,15 @@ def test_cache_paths_are_safe_and_distinct(tmp_path):
         "",
         "a" * 999,
     ]
-    paths = [cache.path_for("my source", i) for i in ids]
+    paths = [cache.path_for(photo, "my source", i) for i in ids]
     assert len(set(paths)) == len(ids)
     for p in paths:
         assert p.parent.parent.parent == tmp_path and p.parent.name == "256px"
         assert p.suffix == ".jpg" and not p.name.startswith(".") and len(p.name) < 200
         assert re.fullmatch(r"[A-Za-z0-9._-]+", p.name)
-    assert cache.path_for("ava", "ava953619") == tmp_path / "ava" / "256px" / "ava953619.jpg"
+    plain = cache.path_for(photo, "ava", "ava953619")
+    assert plain.parent == tmp_path / "ava" / "256px"
+    assert re.fullmatch(r"ava953619\.[0-9a-f]{12}\.jpg", plain.name)
 
 
 def test_cache_writes_reuses_and_rebuilds_when_the_original_changes(tmp_path, monkeypatch):
@@ -191,27 +203,50 @@ def test_cache_writes_reuses_and_rebuilds_when_the_original_changes(tmp_path, mo
     real = images.read_rgb
     monkeypatch.setattr(images, "read_rgb", lambda *a, **k: calls.append(a) or real(*a, **k))
     cache = ImageCache(tmp_path / "cache", max_side=128)
-    cached = cache.path_for("ava", "ava:1")
+    cached = cache.path_for(path, "ava", "ava:1")
 
     first = cache.read(path, "ava", "ava:1")
     assert first.shape == (128, 96, 3) and len(calls) == 1
     assert cached.parent == tmp_path / "cache" / "ava" / "128px" and cached.is_file()
-    written = cached.stat().st_mtime_ns
-
     second = cache.read(path, "ava", "ava:1")
-    assert len(calls) == 1 and cached.stat().st_mtime_ns == written
-    assert second.shape == first.shape and _diff(second, first) < 4
+    # the first read returns the stored copy's pixels too: a warm or cold cache, same input
+    assert len(calls) == 1 and np.array_equal(second, first)
 
-    later = written + 10**9
+    later = path.stat().st_mtime_ns + 10**9
     os.utime(path, ns=(later, later))
     cache.read(path, "ava", "ava:1")
-    assert len(calls) == 2 and cached.stat().st_mtime_ns >= later
+    assert len(calls) == 2 and cache.path_for(path, "ava", "ava:1") != cached
+
+
+def test_cache_never_serves_another_or_an_older_photo(tmp_path):
+    cache = ImageCache(tmp_path / "cache", max_side=64)
+    red, blue = np.zeros((48, 64, 3), np.uint8), np.zeros((48, 64, 3), np.uint8)
+    red[..., 0], blue[..., 2] = 220, 220
+    photo = _jpeg(tmp_path / "a.jpg", red)
+    old_blue = _jpeg(tmp_path / "old" / "a.jpg", blue)
+    os.utime(old_blue, ns=(10**18, 10**18))  # older than the red photo
+    assert cache.read(photo, "s", "s:a.jpg")[..., 0].mean() > 200
+    shutil.copy2(old_blue, photo)  # `cp -p`: replaced by a copy with an older time
+    assert cache.read(photo, "s", "s:a.jpg")[..., 2].mean() > 200
+    # the same id under another folder (a `folder` source pointed elsewhere) is another photo
+    assert cache.read(old_blue, "s", "s:a.jpg")[..., 2].mean() > 200
+    assert cache.read(_jpeg(tmp_path / "b" / "a.jpg", red), "s", "s:a.jpg")[..., 0].mean() > 200
+
+
+def test_an_unwritable_cache_still_serves_pixels_and_build_reports_it(tmp_path):
+    cache = ImageCache(tmp_path / "cache", max_side=64)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "s").write_text("a file where the source's folder belongs")
+    path = _jpeg(tmp_path / "a.jpg")
+    assert cache.read(path, "s", "s:a").shape == (64, 48, 3)
+    report = cache.build([(str(path), "s", "s:a")], progress=False)
+    assert report.built == 0 and "cannot write its cache entry" in report.failed[0][1]
 
 
 def test_cache_rebuilds_a_damaged_entry_and_never_caches_an_unreadable_original(tmp_path):
     cache = ImageCache(tmp_path / "cache", max_side=64)
     path = _jpeg(tmp_path / "a.jpg")
-    cached = cache.path_for("s", "s:a")
+    cached = cache.path_for(path, "s", "s:a")
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"garbage")
     assert cache.read(path, "s", "s:a").shape == (64, 48, 3)
@@ -219,7 +254,7 @@ def test_cache_rebuilds_a_damaged_entry_and_never_caches_an_unreadable_original(
 
     with pytest.raises(UnreadableImage, match="truncated"):
         cache.read(_truncated(tmp_path), "s", "s:t")
-    assert not cache.path_for("s", "s:t").exists()
+    assert not list((tmp_path / "cache" / "s" / "64px").glob("s_t-*"))
     cached.unlink()
     path.unlink()  # a cached copy of a deleted original is not served either
     with pytest.raises(UnreadableImage, match="missing"):
@@ -243,7 +278,7 @@ def test_cache_build_reports_built_reused_and_failed(tmp_path, workers):
                         workers=workers, progress=False)  # fmt: skip
     assert (again.built, again.reused, len(again.failed)) == (0, 1, 1)
     files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
-    assert files == [cache.path_for("s", "s:good")]  # no temporary files left behind
+    assert files == [cache.path_for(good, "s", "s:good")]  # no temporary files left behind
 
 
 def test_cache_report_summary_lists_the_first_failures():
@@ -274,7 +309,10 @@ def test_dataset_skips_an_unreadable_row_and_warns_once(tmp_path, caplog, cached
     assert len(warnings) == 1 and str(bad) in warnings[0].getMessage()
     assert "truncated" in warnings[0].getMessage()
     if cached:
-        assert cache.path_for("b", "b:1").is_file() and cache.path_for("b", "b:3").is_file()
+        assert (
+            cache.path_for(good, "b", "b:1").is_file()
+            and cache.path_for(good, "b", "b:3").is_file()
+        )
 
     batch = collate_skip_none(items)
     assert batch["image"].shape == (2, 3, 32, 32)

@@ -138,12 +138,12 @@ def _exif_transpose(im: Image.Image, path: str) -> Image.Image:
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit greyscale: Pillow's convert() would clip to 0..255 instead of scaling.
-        a = np.asarray(im).astype(np.int64)
-        if im.mode != "I" or a.max(initial=0) > 255:
-            a = a // 257
+        # 16-bit greyscale: Pillow's convert() would clip to 0..255 instead of scaling. "I" too
+        # holds 0..65535 (Pillow scales a PGM's maxval to it): scaled by the range, not by the
+        # pixels, so that a dark 16-bit photo stays dark.
+        a = np.asarray(im).astype(np.int64) // 257
         return np.repeat(np.clip(a, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         # Transparent pixels hold arbitrary colours; show them on white, as a viewer would.
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
@@ -195,10 +195,15 @@ class CacheReport:
 
 class ImageCache:
     """Decoded, EXIF-oriented copies of images downscaled to ``max_side``, as JPEG files under
-    ``root/<source>/<max_side>px/<image id>.jpg``.
+    ``root/<source>/<max_side>px/<image id>.<digest>.jpg``.
 
-    An entry is rebuilt when its original is newer. Entries are written atomically, so DataLoader
-    workers may fill one cache concurrently (the worst case is an image decoded twice).
+    The digest covers the original's absolute path, size, modification and change times and
+    the JPEG quality, so an edited, replaced (even by an older copy) or moved original, or
+    another photo with the same id, never finds an old entry; entries of changed originals stay
+    behind until the cache folder is deleted. Entries are written atomically, so DataLoader
+    workers may fill one cache concurrently (the worst case is an image decoded twice). Every
+    read, the first included, returns the pixels of the stored JPEG, so a run's input does not
+    depend on whether the cache was warm.
     """
 
     def __init__(self, root: str | os.PathLike, max_side: int = 512, quality: int = 95) -> None:
@@ -209,25 +214,26 @@ class ImageCache:
     def __repr__(self) -> str:
         return f"ImageCache({str(self.root)!r}, max_side={self.max_side}, quality={self.quality})"
 
-    def path_for(self, source: str, image_id: str) -> Path:
-        folder = self.root / safe_name(source) / f"{self.max_side}px"
-        return folder / f"{safe_name(image_id)}.jpg"
+    def path_for(self, path: str | os.PathLike, source: str, image_id: str) -> Path:
+        """The entry of the original ``path`` as it is now."""
+        return self._entry(path, source, image_id, _stat(path))
 
     def read(self, path: str | os.PathLike, source: str, image_id: str) -> np.ndarray:
-        """The cached copy of ``path``, made first if it is missing or older than ``path``."""
-        cached = self.path_for(source, image_id)
-        mtime = _mtime_ns(path)
-        if _is_fresh(cached, mtime):
-            rgb = _decode(cached)
-            if rgb is not None:
-                return rgb
+        """The cached copy of ``path``, made first if there is none of the original as it is."""
+        before = _stat(path)
+        cached = self._entry(path, source, image_id, before)
+        rgb = _decode(cached)
+        if rgb is not None:
+            return rgb
+        if cached.exists():
             log.warning("rebuilding damaged cache entry %s", cached)
-        rgb = read_rgb(path, self.max_side)
-        try:
-            self._write(cached, rgb, mtime)
-        except OSError as e:  # a full or read-only disk slows training down but must not stop it
-            _warn_once(str(self.root), f"cannot write to the image cache {self.root}: {e}")
-        return rgb
+        data = self._encode(read_rgb(path, self.max_side), path)
+        if _same_file(before, _stat(path)):  # else it changed while being read: not stored
+            try:
+                _store(cached, data)
+            except OSError as e:  # a full or read-only disk slows training but must not stop it
+                _warn_once(str(self.root), f"cannot write to the image cache {self.root}: {e}")
+        return _decode_bytes(data, path)
 
     def build(
         self,
@@ -263,17 +269,32 @@ class ImageCache:
 
     def _build_one(self, row: tuple[str, str, str]) -> tuple[str, str, str]:
         path, source, image_id = row
-        cached = self.path_for(source, image_id)
         try:
-            mtime = _mtime_ns(path)
-            if _is_fresh(cached, mtime):
+            before = _stat(path)
+            cached = self._entry(path, source, image_id, before)
+            if cached.is_file():
                 return "reused", path, ""
-            self._write(cached, read_rgb(path, self.max_side), mtime)
+            data = self._encode(read_rgb(path, self.max_side), path)
+            if not _same_file(before, _stat(path)):
+                return "failed", path, "changed while it was being read; run again"
+            _store(cached, data)
         except UnreadableImage as e:
             return "failed", path, e.reason
+        except OSError as e:
+            return "failed", path, f"cannot write its cache entry: {e}"
         return "built", path, ""
 
-    def _write(self, cached: Path, rgb: np.ndarray, mtime: int) -> None:
+    def _entry(
+        self, path: str | os.PathLike, source: str, image_id: str, st: os.stat_result
+    ) -> Path:
+        original = os.fsencode(os.path.abspath(path))
+        signature = b"\0".join([original, *(str(v).encode() for v in (
+            st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.quality))])  # fmt: skip
+        digest = hashlib.sha1(signature).hexdigest()[:12]
+        folder = self.root / safe_name(source) / f"{self.max_side}px"
+        return folder / f"{safe_name(image_id)}.{digest}.jpg"
+
+    def _encode(self, rgb: np.ndarray, path: str | os.PathLike) -> np.ndarray:
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         # Full-resolution colour (4:4:4): the copies are training input of a quality model, so
         # the cache should add as little JPEG damage of its own as is affordable.
@@ -282,15 +303,17 @@ class ImageCache:
             params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
         ok, data = cv2.imencode(".jpg", bgr, params)
         if not ok:
-            raise OSError(f"OpenCV cannot encode {cached}")
-        with atomic_write(cached, "wb") as f:
-            f.write(data.tobytes())
-        if cached.stat().st_mtime_ns < mtime:
-            # An original dated in the future would otherwise be rebuilt on every read.
-            os.utime(cached, ns=(mtime, mtime))
+            raise UnreadableImage(path, "OpenCV cannot encode its cache copy")
+        return data
+
+
+def _store(cached: Path, data: np.ndarray) -> None:
+    with atomic_write(cached, "wb") as f:
+        f.write(data.tobytes())
 
 
 def _stat(path: str | os.PathLike) -> os.stat_result:
+    # A cached copy of a deleted original is not served: the manifest points at nothing.
     try:
         return os.stat(path)
     except FileNotFoundError:
@@ -301,16 +324,8 @@ def _stat(path: str | os.PathLike) -> os.stat_result:
         raise UnreadableImage(path, str(e)) from e
 
 
-def _mtime_ns(path: str | os.PathLike) -> int:
-    # A cached copy of a deleted original is not served: the manifest points at nothing.
-    return _stat(path).st_mtime_ns
-
-
-def _is_fresh(cached: Path, mtime: int) -> bool:
-    try:
-        return cached.stat().st_mtime_ns >= mtime
-    except FileNotFoundError:
-        return False
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
 
 
 _warned: set[str] = set()
@@ -323,13 +338,25 @@ def _warn_once(key: str, message: str) -> None:
 
 
 def _decode(path: Path) -> np.ndarray | None:
+    """The pixels of a cache entry; None when it is missing, unreadable or damaged."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError:
         return None
     if data.size == 0:
         return None
+    try:
+        return _decode_bytes(data, path)
+    except UnreadableImage:
+        return None
+
+
+def _decode_bytes(data: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     if _IMREAD_RGB is not None:
-        return cv2.imdecode(data, _IMREAD_RGB)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        rgb = cv2.imdecode(data, _IMREAD_RGB)
+    else:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        rgb = None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if rgb is None:
+        raise UnreadableImage(path, "its cache copy does not decode")
+    return rgb
