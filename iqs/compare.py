@@ -66,6 +66,7 @@ class Run:
     test: dict[str, float] = field(default_factory=dict)
     confusion: np.ndarray | None = None
     wall_time_s: float | None = None
+    test_epoch: int | None = None  # the epoch of the checkpoint tested, when its name says
     optimized_metric: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -161,17 +162,28 @@ def _read_yaml(path: Path, run: Run) -> Any:
         return None
 
 
-def _read_metrics(path: Path, run: Run) -> pd.DataFrame:
-    if not path.is_file():
+def _read_metrics(folder: Path, run: Run) -> pd.DataFrame:
+    """``metrics.csv``, after the ``metrics.<n>.csv`` of the sessions before each resume."""
+    earlier = sorted((p for p in folder.glob("metrics.*.csv") if p.suffixes[0][1:].isdigit()),
+                     key=lambda p: int(p.suffixes[0][1:]))  # fmt: skip
+    paths = [*earlier, folder / "metrics.csv"]
+    if not paths[-1].is_file() and not earlier:
         run.notes.append("csv/metrics.csv: missing (no curves)")
         return pd.DataFrame()
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-        run.notes.append(f"csv/metrics.csv: unreadable ({type(e).__name__})")
+    frames = []
+    for path in paths:
+        try:
+            frames.append(pd.read_csv(path))
+        except FileNotFoundError:
+            run.notes.append(f"csv/{path.name}: missing")
+        except (OSError, UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+            run.notes.append(f"csv/{path.name}: unreadable ({type(e).__name__})")
+    if not frames:
         return pd.DataFrame()
-    # A half-written last line or a stray string must not turn a whole column into text.
-    return frame.apply(pd.to_numeric, errors="coerce")
+    frame = pd.concat(frames, ignore_index=True)
+    # A half-written last line or a stray string must not turn a whole column into text, and a
+    # file of only a header (a run killed early) must still give number columns.
+    return frame.apply(pd.to_numeric, errors="coerce").astype(float)
 
 
 def _float(value: Any) -> float:
@@ -220,13 +232,15 @@ def load_run(path: Path, name: str | None = None) -> Run:
     config = _read_yaml(path / ".hydra" / "config.yaml", run)
     run.config = config if isinstance(config, dict) else {}
     run.overrides = parse_overrides(_read_yaml(path / ".hydra" / "overrides.yaml", run))
-    run.metrics = _read_metrics(path / "csv" / "metrics.csv", run)
+    run.metrics = _read_metrics(path / "csv", run)
 
     results = _read_json(path / "test_metrics.json", run)
     if results is not None:
         metrics = results.get("metrics")
         if isinstance(metrics, dict):
             run.test = {str(k): _float(v) for k, v in metrics.items()}
+        tested = re.search(r"epoch_(\d+)\.ckpt$", str(results.get("checkpoint") or ""))
+        run.test_epoch = int(tested.group(1)) if tested else None
         run.confusion = _confusion(results.get("confusion_matrix"))
     # Corrupt or absent JSON: the test row that CSVLogger wrote still has the values.
     for col in run.metrics.columns:
@@ -360,8 +374,10 @@ def build_table(runs: Sequence[Run], metric: str, mode: str) -> pd.DataFrame:
         row.update({k: run.overrides.get(k, "(default)") for k in keys})
         series = curve(run.metrics, metric)
         if series.empty and metric in run.test:  # e.g. --metric test/srcc
-            series = pd.Series([run.test[metric]], index=[_epochs(run.metrics) or 0])
+            series = pd.Series([run.test[metric]], index=[-1]).dropna()
         best, epoch, final = _best(series, mode)
+        if epoch == -1:  # a test metric: the tested checkpoint's epoch, if its name says it
+            epoch = run.test_epoch
         row.update({f"best {metric}": best, "best epoch": epoch, f"final {metric}": final})
         for name in extra:
             best2, _, final2 = _best(curve(run.metrics, name), "max")

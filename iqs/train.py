@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from iqs.callbacks import CheckpointSaveError, DivergenceError
@@ -106,8 +106,23 @@ def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
         if logger_cfg._target_.endswith("WandbLogger"):
             logger_cfg = _wandb_settings(logger_cfg, cfg)
         log.debug("logger %s: %s", key, logger_cfg._target_)
-        loggers.append(instantiate(logger_cfg))
+        logger = instantiate(logger_cfg)
+        if isinstance(logger, CSVLogger) and cfg.get("ckpt_path") and cfg.get("train", True):
+            _keep_earlier_metrics(Path(logger.log_dir))
+        loggers.append(logger)
     return loggers
+
+
+def _keep_earlier_metrics(log_dir: Path) -> None:
+    """Before a run resumes in its own folder: move ``metrics.csv`` to ``metrics.<n>.csv``,
+    which CSVLogger would otherwise overwrite (`iqs-compare` reads them all, in order)."""
+    current = log_dir / "metrics.csv"
+    if not current.is_file() or not is_rank_zero():
+        return
+    n = 1 + max((int(p.suffixes[0][1:]) for p in log_dir.glob("metrics.*.csv")
+                 if p.suffixes[0][1:].isdigit()), default=0)  # fmt: skip
+    current.rename(log_dir / f"metrics.{n}.csv")
+    log.info("resuming: the metrics logged so far are kept in %s", log_dir / f"metrics.{n}.csv")
 
 
 def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:

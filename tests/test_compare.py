@@ -273,3 +273,33 @@ def test_real_multirun_with_a_failing_job(tmp_path, data_dir):
     assert table.columns[3] == "optimizer.lr"
     report = (sweep / "report.html").read_text()
     assert "Invalid learning rate" in report and IMG in report  # job 0's confusion matrix
+
+
+def test_resumed_sessions_header_only_csv_and_the_tested_epoch(tmp_path):
+    runs = tmp_path / "runs"
+    write_hydra(runs / "resumed", ["seed=1"])
+    (runs / "resumed" / "csv").mkdir()
+    # the session before the resume (iqs-train moved its file aside), then the resumed one,
+    # which repeats epoch 1
+    (runs / "resumed" / "csv" / "metrics.1.csv").write_text(
+        "epoch,step,val/srcc\n0,5,0.9\n1,9,0.5\n"
+    )
+    (runs / "resumed" / "csv" / "metrics.csv").write_text(
+        "epoch,step,val/srcc\n1,9,0.55\n2,13,0.6\n"
+    )
+    (runs / "resumed" / "test_metrics.json").write_text(json.dumps(
+        {"checkpoint": "/x/checkpoints/epoch_000.ckpt", "metrics": {"test/srcc": 0.8}}
+    ))  # fmt: skip
+    # killed before its first epoch ended: a header and no row
+    write_hydra(runs / "killed", ["seed=2"])
+    (runs / "killed" / "csv").mkdir()
+    (runs / "killed" / "csv" / "metrics.csv").write_text("epoch,step,val/srcc\n")
+
+    assert main([str(runs), "--out", str(tmp_path / "out")]) == 0
+    row = read_csv(tmp_path / "out" / "compare.csv").set_index("run").loc["resumed"]
+    assert (row["best val/srcc"], row["best epoch"]) == (0.9, 0)
+    assert (row["final val/srcc"], row["epochs"]) == (0.6, 3)
+
+    assert main([str(runs), "--metric", "test/srcc", "--out", str(tmp_path / "by_test")]) == 0
+    row = read_csv(tmp_path / "by_test" / "compare.csv").set_index("run").loc["resumed"]
+    assert (row["best test/srcc"], row["best epoch"]) == (0.8, 0)  # the checkpoint tested

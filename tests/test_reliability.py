@@ -64,6 +64,14 @@ def test_killed_run_resumes_from_last_ckpt_to_the_same_metrics(tmp_path, data_di
     assert got.keys() == want.keys()
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+    # the epochs logged before the kill are kept (CSVLogger would overwrite its file), and
+    # iqs-compare reads both sessions as one curve
+    from iqs.compare import curve, load_run
+
+    assert (killed / "csv" / "metrics.1.csv").is_file()
+    full, merged = (curve(load_run(run).metrics, "val/srcc") for run in (whole, killed))
+    assert merged.index.tolist() == full.index.tolist() == list(range(len(full)))
+    assert merged.to_numpy() == pytest.approx(full.to_numpy(), abs=1e-6)
 
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path, data_dir):
