@@ -1,7 +1,8 @@
 """Classification and ranking metrics for one stage, overall and per source.
 
 Scores of different data sets are not comparable, so the headline ``srcc`` is the mean of the
-per-source SRCCs; ``srcc_pooled`` is the SRCC over all rows together.
+per-source SRCCs; ``srcc_pooled`` is the SRCC over all rows together. Where SRCC is undefined
+(constant predictions or scores) it is NaN, as in scipy, and left out of the mean.
 All states are torchmetrics "cat"/"sum" states, so in distributed runs they are gathered across
 processes before computing, never averaged per process.
 """
@@ -29,6 +30,17 @@ from iqs.data.labels import CLASS_NAMES
 warnings.filterwarnings("ignore", message=".*will save all targets and predictions in the buffer")
 
 
+class SpearmanCorrCoefUndefinedWhenConstant(SpearmanCorrCoef):
+    """SRCC, NaN where it is undefined (constant predictions or targets), as in scipy:
+    torchmetrics' guard against dividing by zero makes that 0, a real-looking value."""
+
+    def compute(self) -> Tensor:
+        preds, target = dim_zero_cat(self.preds), dim_zero_cat(self.target)
+        if preds.numel() < 2 or bool(preds.min() == preds.max() or target.min() == target.max()):
+            return torch.tensor(float("nan"), device=preds.device)
+        return super().compute()
+
+
 class PooledPearsonCorrCoef(SpearmanCorrCoef):
     """PLCC over every prediction, gathered like SRCC's. torchmetrics' PearsonCorrCoef merges
     per-process running moments instead, which in float32 differs from the one-process value
@@ -44,7 +56,7 @@ def _collection(num_classes: int) -> MetricCollection:
             "acc": MulticlassAccuracy(num_classes, average="micro"),
             "f1_macro": MulticlassF1Score(num_classes, average="macro"),
             "f1": MulticlassF1Score(num_classes, average="none"),
-            "srcc": SpearmanCorrCoef(),
+            "srcc": SpearmanCorrCoefUndefinedWhenConstant(),
             "plcc": PooledPearsonCorrCoef(),
             "confmat": MulticlassConfusionMatrix(num_classes),
         },
@@ -107,7 +119,10 @@ class QualityMetrics(nn.Module):
             values = _flatten(metrics.compute(), self.class_names)
             out.update({f"{name}/{k}": v for k, v in values.items()})
             per_source_srcc.append(values["srcc"])
-        out["srcc"] = torch.stack(per_source_srcc).mean() if per_source_srcc else out["srcc_pooled"]
+        # a source whose SRCC is undefined (constant predictions) is left out of the mean
+        out["srcc"] = (
+            torch.stack(per_source_srcc).nanmean() if per_source_srcc else out["srcc_pooled"]
+        )
         return out
 
     def confusion_matrix(self, source: str | None = None) -> Tensor:

@@ -71,3 +71,20 @@ def test_source_absent_from_stage_is_left_out():
     assert float(v["srcc"]) == pytest.approx(1.0, abs=1e-5)
     m.reset()
     assert int(m.counts.sum()) == 0
+
+
+def test_srcc_of_constant_predictions_is_undefined_as_in_scipy():
+    with np.errstate(invalid="ignore"), pytest.warns(Warning):
+        assert np.isnan(spearmanr(np.full(6, 0.5), SCORE[:6])[0])
+    m = QualityMetrics(["a", "b"])
+    m.update(
+        torch.tensor([0, 1, 2, 0, 1, 2]),
+        torch.tensor([0.5, 0.5, 0.5, 0.1, 0.4, 0.9]),  # source a: one constant prediction
+        torch.tensor([0, 1, 2, 0, 1, 2]),
+        torch.tensor([0.2, 0.4, 0.8, 0.2, 0.5, 0.7]),
+        torch.tensor([0, 0, 0, 1, 1, 1]),
+    )
+    v = {k: float(x) for k, x in m.compute().items()}
+    assert np.isnan(v["a/srcc"]) and np.isnan(v["a/plcc"])
+    assert v["b/srcc"] == pytest.approx(1.0, abs=1e-5)
+    assert v["srcc"] == pytest.approx(1.0, abs=1e-5)  # the mean of the defined ones
