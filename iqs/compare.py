@@ -348,11 +348,13 @@ def differing_overrides(runs: Sequence[Run]) -> list[str]:
 
 
 def default_mode(runs: Sequence[Run], metric: str) -> str:
-    """The checkpoint callback's mode when ``metric`` is what it monitors; else by the name."""
+    """The run's ``optimized_mode`` (or, in runs before it existed, its checkpoint callback's
+    mode) when ``metric`` is what it optimised; else by the name."""
     for run in runs:
         ckpt = (run.config.get("callbacks") or {}).get("model_checkpoint") or {}
-        if run.optimized_metric == metric and ckpt.get("mode") in ("min", "max"):
-            return str(ckpt["mode"])
+        mode = run.config.get("optimized_mode", ckpt.get("mode"))
+        if run.optimized_metric == metric and mode in ("min", "max"):
+            return str(mode)
     return "min" if "loss" in metric.rsplit("/", 1)[-1] else "max"
 
 

@@ -154,8 +154,31 @@ def _finish_wandb(exit_code: int) -> None:
         wandb.finish(exit_code=exit_code)
 
 
+class ConfigError(ValueError):
+    """Settings that contradict each other; the message says which key to change."""
+
+
+def check_optimized_mode(cfg: DictConfig) -> None:
+    """``optimized_mode`` is max or min, min for a loss, and a search optimises the same way:
+    a wrong mode keeps the worst checkpoint as "best" and tests it."""
+    metric, mode = cfg.get("optimized_metric"), cfg.get("optimized_mode", "max")
+    if mode not in ("max", "min"):
+        raise ConfigError(f"optimized_mode must be max or min, got {mode!r}")
+    if metric and "loss" in str(metric).rsplit("/", 1)[-1] and mode == "max":
+        raise ConfigError(f"optimized_metric={metric} is lower-is-better: add optimized_mode=min")
+    direction = None
+    if HydraConfig.initialized():
+        direction = OmegaConf.select(HydraConfig.get(), "sweeper.direction", default=None)
+    if isinstance(direction, str) and direction != f"{mode}imize":
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction} but optimized_mode={mode}: set "
+            f"hydra.sweeper.direction={mode}imize"
+        )
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit and test as configured; return the best value of ``optimized_metric``."""
+    check_optimized_mode(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     if HydraConfig.initialized():
         use_hydra_child_command()  # DDP children join this run's directory
@@ -252,7 +275,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         with distributed_job():
             value = train(cfg)
-    except (SourceError, ManifestError, CheckpointError, CheckpointSaveError, DivergenceError) as e:
+    except (SourceError, ManifestError, CheckpointError, CheckpointSaveError, DivergenceError,
+            ConfigError) as e:  # fmt: skip
         # The message names the file, row or step and what to do: a traceback adds nothing.
         _finish_wandb(exit_code=1)
         _write_status(cfg, "failed", started, error=f"{type(e).__name__}: {e}")

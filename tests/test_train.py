@@ -224,3 +224,20 @@ def test_compile_option_compiles_the_backbone_in_place(tmp_path, data_dir):
     model.configure_model()
     assert model.backbone._compiled_call_impl is not None
     assert set(model.state_dict()) == keys  # checkpoints keep their keys
+
+
+def test_optimized_mode_follows_the_metric_and_the_search_direction(tmp_path, data_dir):
+    from iqs.train import check_optimized_mode
+
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="val/loss is lower-is-better: add optimized_mode=min"):
+        check_optimized_mode(compose_train(["optimized_metric=val/loss"], run, data_dir))
+    cfg = compose_train(["optimized_metric=val/loss", "optimized_mode=min"], run, data_dir)
+    check_optimized_mode(cfg)
+    assert cfg.callbacks.model_checkpoint.mode == "min"  # the best checkpoint is the lowest loss
+    search = ["hparams_search=optuna", "optimized_metric=val/loss", "optimized_mode=min"]
+    with pytest.raises(ValueError, match="direction=maximize but optimized_mode=min"):
+        check_optimized_mode(compose_train(search, run, data_dir))
+    check_optimized_mode(
+        compose_train([*search, "hydra.sweeper.direction=minimize"], run, data_dir)
+    )
