@@ -125,7 +125,7 @@ def _predict(
     }
     levels = torch.arange(len(CLASS_NAMES), device=device, dtype=torch.float32)
     for batch in tqdm(loader, desc="eval", unit="batch"):
-        if batch is None:
+        if "image" not in batch:  # only unreadable photos (their rows keep NaN predictions)
             continue
         idx = batch["index"].numpy()
         outputs = model(batch["image"].to(device))

@@ -319,7 +319,16 @@ def test_dataset_skips_an_unreadable_row_and_warns_once(tmp_path, caplog, cached
     assert batch["label"].tolist() == [2, 1] and batch["source"].tolist() == [1, 1]
     assert batch["skipped"].item() == 1
     assert collate_skip_none([items[0]])["skipped"].item() == 0
-    assert collate_skip_none([None, None]) is None
+    assert set(collate_skip_none([None, None])) == {"skipped"}
+
+
+def test_a_batch_of_only_unreadable_photos_is_counted(tmp_path, data_dir):
+    from iqs.models.module import build_model
+    from tests.conftest import compose_train
+
+    model = build_model(compose_train([], tmp_path, data_dir), ["synthetic"])
+    assert model.training_step(collate_skip_none([None, None, None]), 0) is None
+    assert model.stage_metrics("train").skipped_images.compute() == 3
 
 
 class _NumberedImages(torch.utils.data.Dataset):

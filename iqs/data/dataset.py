@@ -163,17 +163,17 @@ def seed_worker(worker_id: int) -> None:
         reseed(info.dataset.transform, torch.initial_seed() % 2**32)
 
 
-def collate_skip_none(batch: list[dict[str, Any] | None]) -> Batch | None:
+def collate_skip_none(batch: list[dict[str, Any] | None]) -> Batch:
     """Collate the readable samples; ``"skipped"`` counts the unreadable ones (``None``).
 
     ``default_collate`` stacks the images (into shared memory in a loader worker) and makes the
     per-sample numbers (numpy scalars: label, score, source) tensors in ordinary memory, which
-    :class:`Batch` sends to the main process by value. A batch of only unreadable samples is
-    ``None``.
+    :class:`Batch` sends to the main process by value. A batch of only unreadable samples
+    holds only ``"skipped"``.
     """
     kept = [b for b in batch if b is not None]
     if not kept:
-        return None
+        return Batch(skipped=torch.tensor(len(batch)))
     collated = Batch(default_collate(kept))
     collated["skipped"] = torch.tensor(len(batch) - len(kept))
     return collated

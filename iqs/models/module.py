@@ -99,8 +99,9 @@ class IQSModule(pl.LightningModule):
 
     # -- steps --------------------------------------------------------------------------------
 
-    def _step(self, batch: Batch | None, stage: str) -> Tensor | None:
-        if batch is None:  # every image of the batch was unreadable
+    def _step(self, batch: Batch, stage: str) -> Tensor | None:
+        if "image" not in batch:  # every image of the batch was unreadable: count them
+            self.stage_metrics(stage).skipped_images.update(batch["skipped"].float())
             return None
         outputs = self(batch["image"])
         loss = self.loss(outputs, batch["label"], batch["score"])
@@ -119,13 +120,13 @@ class IQSModule(pl.LightningModule):
                      batch_size=n)  # fmt: skip
         return loss
 
-    def training_step(self, batch: Batch | None, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: Batch | None, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: Batch | None, batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
     def predict_probs(self, x: Tensor) -> Tensor:
