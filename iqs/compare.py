@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
 import time
 from collections import Counter
@@ -258,6 +259,10 @@ def load_run(path: Path, name: str | None = None) -> Run:
         started = _float(status.get("started", started))
         if isinstance(status.get("optimized_metric"), str):
             run.optimized_metric = status["optimized_metric"]
+        if run.status == "running" and _ended(status):
+            run.status = "failed"
+            run.error = (f"its process ({status['pid']}) ended without recording a result "
+                         "(killed, out of memory?)")  # fmt: skip
     else:
         if status is not None:
             run.notes.append("status.json: no known status")
@@ -279,6 +284,21 @@ def load_run(path: Path, name: str | None = None) -> Run:
     if run.optimized_metric is None and isinstance(run.config.get("optimized_metric"), str):
         run.optimized_metric = run.config["optimized_metric"]
     return run
+
+
+def _ended(status: dict[str, Any]) -> bool:
+    """A "running" job whose process is gone (SIGKILL, out of memory): decidable only on the
+    machine it ran on."""
+    pid = status.get("pid")
+    if status.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # someone else's process: alive
+        return False
+    return False
 
 
 def _names(paths: Sequence[Path]) -> list[str]:

@@ -12,6 +12,7 @@ import logging
 import math
 import netrc
 import os
+import socket
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -259,7 +260,8 @@ def _write_status(cfg: DictConfig, status: str, started: float, **extra: object)
     if not is_rank_zero():
         return
     path = Path(cfg.paths.output_dir) / "status.json"
-    record = {"status": status, "started": started, "wall_time_s": time.time() - started, **extra}
+    record = {"status": status, "started": started, "wall_time_s": time.time() - started,
+              "host": socket.gethostname(), "pid": os.getpid(), **extra}  # fmt: skip
     atomic_write_text(path, json.dumps(record, indent=2, default=str))
 
 

@@ -303,3 +303,23 @@ def test_resumed_sessions_header_only_csv_and_the_tested_epoch(tmp_path):
     assert main([str(runs), "--metric", "test/srcc", "--out", str(tmp_path / "by_test")]) == 0
     row = read_csv(tmp_path / "by_test" / "compare.csv").set_index("run").loc["resumed"]
     assert (row["best test/srcc"], row["best epoch"]) == (0.8, 0)  # the checkpoint tested
+
+
+def test_a_running_job_whose_process_is_gone_is_failed(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    for name, pid, host in (("killed", int(gone.stdout), socket.gethostname()),
+                            ("alive", os.getpid(), socket.gethostname()),
+                            ("elsewhere", int(gone.stdout), "another-machine")):  # fmt: skip
+        write_hydra(tmp_path / name, ["seed=1"])
+        (tmp_path / name / "status.json").write_text(json.dumps(
+            {"status": "running", "started": 1.7e9, "wall_time_s": 1.0, "pid": pid, "host": host}
+        ))  # fmt: skip
+    runs = {name: load_run(tmp_path / name) for name in ("killed", "alive", "elsewhere")}
+    assert runs["killed"].status == "failed" and "ended without recording" in runs["killed"].error
+    assert runs["alive"].status == runs["elsewhere"].status == "running"
