@@ -212,3 +212,20 @@ def test_eval_reports_metrics_that_match_sklearn(checkpoint, tmp_path, data_dir)
     assert (tmp_path / "confusion_matrix_synthetic.png").is_file()
     saved = json.loads((tmp_path / "eval_metrics.json").read_text())
     assert saved["metrics"]["synthetic/srcc"] == report["metrics"]["synthetic/srcc"]
+
+
+@pytest.mark.parametrize("loss", ["corn", "emd", "multitask"])
+def test_models_trained_with_every_output_kind_export_and_verify(loss, tmp_path, data_dir):
+    # CORN's class probabilities once used cumprod, which ONNX lacks: its models could not ship
+    from iqs.deploy import DeployedModel
+    from iqs.export import export_onnx, sample_photos, verify
+    from iqs.models.backbones import input_config
+    from iqs.models.module import build_model
+
+    cfg = compose_train([f"loss={loss}"], tmp_path, data_dir)
+    inp = input_config(cfg.model.backbone.name)
+    model = DeployedModel(build_model(cfg, ["synthetic"]), inp.size, inp.mean, inp.std).eval()
+    export_onnx(model, tmp_path / "m.onnx")
+    report = verify(model, tmp_path / "m.onnx", sample_photos(None, limit=4), 1e-4)
+    assert report["onnxruntime"]["same_classes"] and report["opencv_dnn"]["same_classes"]
+    assert report["onnxruntime"]["max_abs_diff"] < 1e-4

@@ -34,6 +34,16 @@ def test_weighted_cross_entropy_balances_training_counts():
     y = LABELS.numpy()
     expected = np.sum(w[y] * -np.log(P[np.arange(4), y])) / np.sum(w[y])
     assert float(loss(LOGITS, LABELS, SCORES)) == pytest.approx(expected, rel=1e-5)
+    # sklearn's "balanced" weights, also with a class missing from the training split
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y_train = np.repeat([0, 1], [1000, 500])
+    loss.set_class_counts(torch.tensor([1000, 500, 0]))
+    want = compute_class_weight("balanced", classes=np.array([0, 1]), y=y_train)
+    np.testing.assert_allclose(loss.weight.numpy(), [*want, 0.0], rtol=1e-6)
+    smoothed = WeightedCrossEntropy("balanced", label_smoothing=0.1)
+    smoothed.set_class_counts(torch.tensor([1000, 500, 0]))
+    assert float(smoothed(LOGITS, LABELS.clamp(max=1), SCORES)) < 5  # was 267 with N / C
     fixed = WeightedCrossEntropy([1.0, 2.0, 3.0])
     fixed.set_class_counts(torch.tensor([10, 30, 60]))  # fixed weights are kept
     assert fixed.weight.tolist() == [1.0, 2.0, 3.0]

@@ -93,3 +93,19 @@ def test_predicted_score_is_expected_class():
     loss = CrossEntropy()
     logits = torch.tensor([[10.0, -10.0, -10.0], [-10.0, -10.0, 10.0], [0.0, 0.0, 0.0]])
     torch.testing.assert_close(loss.predict_score(logits), torch.tensor([0.0, 1.0, 0.5]))
+
+
+def test_a_weights_file_of_another_model_or_with_prefixed_keys_is_refused(tmp_path):
+    source = timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict()
+    prefixed = tmp_path / "prefixed.pth"
+    torch.save({f"backbone.{k}": v for k, v in source.items()}, prefixed)
+    with pytest.raises(BackboneError, match=r"prefixed\.pth lacks 1\d\d of the 1\d\d weights"):
+        create_backbone("resnet18", weights=prefixed)
+    other = tmp_path / "mobilenet.pth"
+    torch.save(timm.create_model("mobilenetv3_small_100", num_classes=0).state_dict(), other)
+    with pytest.raises(BackboneError, match="give a timm state dict of this model"):
+        create_backbone("resnet18", weights=other)
+    # a classifier in the file (an ImageNet checkpoint) is fine: the backbone drops it
+    full = tmp_path / "imagenet.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), full)
+    create_backbone("resnet18", weights=full)

@@ -140,7 +140,7 @@ def test_two_stage_finetuning_freezes_then_unfreezes(tmp_path, data_dir):
 
     from iqs.train import build
 
-    seen = []
+    seen, modes = [], []
 
     class Probe(pl.Callback):
         def on_train_epoch_start(self, trainer, module):
@@ -153,6 +153,11 @@ def test_two_stage_finetuning_freezes_then_unfreezes(tmp_path, data_dir):
                 )
             )
 
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            # a frozen backbone's batch norm runs on its stored statistics (Keras' frozen base)
+            bn = [m for m in module.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            modes.append({m.training for m in bn})
+
     cfg = compose_train(
         ["callbacks=two_stage", "callbacks.two_stage.unfreeze_at_epoch=1", "scheduler=none",
          "optimizer.lr=0.001", "callbacks.two_stage.backbone_lr_ratio=0.5", "logger=csv",
@@ -162,13 +167,30 @@ def test_two_stage_finetuning_freezes_then_unfreezes(tmp_path, data_dir):
     datamodule, model = build(cfg)
     from hydra.utils import instantiate
 
-    callbacks = [instantiate(cfg.callbacks.two_stage), Probe()]
+    every_epoch = pl.callbacks.ModelCheckpoint(
+        tmp_path / "ckpts", "epoch_{epoch:03d}", save_top_k=-1, auto_insert_metric_name=False
+    )
+    callbacks = [instantiate(cfg.callbacks.two_stage), Probe(), every_epoch]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
     trainer.fit(model, datamodule=datamodule)
     assert seen[0] == (True, True, [0.001])
     frozen, head, lrs = seen[1]
     assert not frozen and head and lrs == [1e-5, 5e-6]  # head group, then the backbone group
     assert seen[2][2] == [1e-5, 5e-6]
+    assert modes == [{False}] * 2 + [{True}] * 4  # 2 batches per epoch; stage 2 from epoch 1
+
+    # resumed in stage 2 (from the end of epoch 1): the backbone stays trainable
+    seen.clear()
+    trainer = instantiate(cfg.trainer, callbacks=[instantiate(cfg.callbacks.two_stage), Probe()],
+                          logger=False, max_epochs=4)  # fmt: skip
+    _, resumed = build(cfg)
+    trainer.fit(
+        resumed,
+        datamodule=datamodule,
+        ckpt_path=str(tmp_path / "ckpts" / "epoch_001.ckpt"),
+        weights_only=True,
+    )
+    assert [s[0] for s in seen] == [False, False] and seen[0][2] == [1e-5, 5e-6]
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
+from timm.models import load_state_dict
 from torch import nn
 
 
@@ -48,15 +49,36 @@ def create_backbone(
         pretrained = True
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except Exception as err:  # hub errors come in many types (HTTP, offline, missing cache)
-        if not pretrained or weights is not None:
+        if weights is not None:  # shapes that do not fit, an unreadable file
+            raise BackboneError(
+                f"model.backbone.weights: {weights} does not fit {name!r}: "
+                f"{str(err).strip().splitlines()[0]}... give a timm state dict of this model"
+            ) from err
+        if not pretrained:
             raise
         raise BackboneError(
             f"could not download pretrained weights for {name!r} ({type(err).__name__}: {err}). "
             "Without network, pass a local file with model.backbone.weights=/path/to/weights "
             "or train from scratch with model.backbone.pretrained=false"
         ) from err
+    if weights is not None:
+        _require_every_weight(model, Path(weights).expanduser(), name)
+    return model
+
+
+def _require_every_weight(model: nn.Module, path: Path, name: str) -> None:
+    """timm loads a local file leniently once the classifier is dropped (``num_classes=0``):
+    a file of another model, or with prefixed keys, would leave weights random in silence."""
+    found = set(load_state_dict(str(path), weights_only=True))
+    missing = [k for k in model.state_dict() if k not in found]
+    if missing:
+        raise BackboneError(
+            f"model.backbone.weights: {path} lacks {len(missing)} of the {len(model.state_dict())} "
+            f"weights of {name!r} (e.g. {missing[:3]}; the file has e.g. {sorted(found)[:3]}); "
+            "give a timm state dict of this model"
+        )
 
 
 def input_config(backbone: str | Mapping[str, Any], size: int | None = None) -> InputConfig:

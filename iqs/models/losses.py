@@ -61,8 +61,14 @@ class WeightedCrossEntropy(QualityLoss):
 
     def set_class_counts(self, counts: Tensor) -> None:
         if self.mode == "balanced":
-            counts = counts.float().clamp(min=1)
-            self.weight.copy_(counts.sum() / (NUM_CLASSES * counts))
+            # sklearn's "balanced": N / (classes present x count); a class absent from the
+            # training split weighs 0 (label smoothing still gives it target mass, and a
+            # clamped count would have weighed it N / C, blowing the loss up)
+            counts = counts.float()
+            present = counts > 0
+            weight = torch.zeros_like(counts)
+            weight[present] = counts.sum() / (int(present.sum()) * counts[present])
+            self.weight.copy_(weight)
 
     def forward(self, outputs: Tensor, labels: Tensor, scores: Tensor) -> Tensor:
         return F.cross_entropy(
@@ -113,7 +119,9 @@ class CornLoss(QualityLoss):
 
     def exceed_probs(self, outputs: Tensor) -> Tensor:
         """P(y > k) for k = 0 .. C-2."""
-        return outputs.float().sigmoid().cumprod(dim=1)
+        # a running sum of log-sigmoids, not cumprod: ONNX has no cumprod, so a CORN model
+        # could not be exported (and the product of small sigmoids underflows sooner)
+        return F.logsigmoid(outputs.float()).cumsum(dim=1).exp()
 
     def class_logits(self, outputs: Tensor) -> Tensor:
         exceed = self.exceed_probs(outputs)
