@@ -205,14 +205,15 @@ def train(cfg: DictConfig) -> float | None:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
 
     best = _best_checkpoint(trainer)
+    # before testing, which clears the logged metrics (without checkpoints: the last value)
+    value = _metric_value(trainer, cfg.get("optimized_metric"), cfg.get("train", True))
     if cfg.get("test", True):
         ckpt = best if best else (None if cfg.get("train", True) else cfg.get("ckpt_path"))
         if best is None and cfg.get("train", True):
             log.warning("no best checkpoint (checkpointing off?): testing the current weights")
         results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         _write_results(cfg, results[0] if results else {}, model, ckpt)
-
-    return _metric_value(trainer, cfg.get("optimized_metric"))
+    return value
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -222,8 +223,8 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     return None
 
 
-def _metric_value(trainer: pl.Trainer, name: str | None) -> float | None:
-    if not name:
+def _metric_value(trainer: pl.Trainer, name: str | None, trained: bool) -> float | None:
+    if not name or not trained:
         return None
     callback = trainer.checkpoint_callback
     if isinstance(callback, ModelCheckpoint) and callback.best_model_score is not None:

@@ -93,6 +93,33 @@ def test_two_job_multirun(tmp_path, data_dir):
     assert len(groups) == 1 and groups.pop().startswith("sweep-")
 
 
+def test_a_run_without_checkpoints_still_returns_its_optimized_metric(tmp_path, data_dir):
+    # testing clears the logged metrics: the value is read before it (sweepers need it)
+    cfg = compose_train(["debug=overfit", "trainer.max_epochs=2", "logger=csv"], tmp_path, data_dir)
+    assert cfg.callbacks.model_checkpoint is None
+    value = train(cfg)
+    assert value is not None and -1 <= value <= 1
+
+
+def test_multirun_from_the_command_line_with_default_paths(tmp_path, data_dir):
+    """As the README shows it, no path given: the sweep directory resolves before Hydra's
+    runtime config exists (with ${hydra:runtime.cwd} in paths it failed at once)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "IQS_DATA_DIR": str(data_dir)}
+    env.pop("IQS_ROOT", None), env.pop("IQS_LOG_DIR", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "iqs.train", "-m", "seed=1,2", "debug=fdr", "logger=csv"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(tmp_path.glob("outputs/debug/multiruns/*/[0-9]"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    assert all((j / "test_metrics.json").is_file() for j in jobs)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
