@@ -44,6 +44,9 @@ def child_command(local_rank: int) -> tuple[Sequence[str], str]:
         command = [sys.executable, "-m", __main__.__spec__.name]
     command += list(hydra_cfg.overrides.task)
     command += [
+        # one run, even when the job's overrides choose a search (hparams_search=optuna sets
+        # hydra.mode=MULTIRUN): else each child started a study of its own
+        "hydra.mode=RUN",
         f"hydra.run.dir={_quote(hydra_cfg.runtime.output_dir)}",
         f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",  # its own log file
         "hydra.output_subdir=null",

@@ -86,6 +86,16 @@ def test_ddp_cpu_multirun_runs_each_job_once(tmp_path, data_dir):
         assert '"completed"' in (job / "status.json").read_text()
 
 
+def test_ddp_cpu_inside_an_optuna_search_runs_the_trial_once(tmp_path, data_dir):
+    run_cli(["hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer=ddp_cpu"],
+            tmp_path, data_dir)  # fmt: skip
+    sweeps = glob.glob(str(tmp_path / "train" / "multiruns" / "*"))
+    assert len(sweeps) == 1  # no child process started a study of its own
+    (job,) = [p for p in Path(sweeps[0]).iterdir() if p.is_dir()]
+    assert (job / "train_rank1.log").is_file()
+    assert '"completed"' in (job / "status.json").read_text()
+
+
 def test_multi_node_slurm_example_is_consistent():
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
