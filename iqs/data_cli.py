@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import logging
 import multiprocessing
-import os
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -42,17 +41,12 @@ SHOWN = 5  # paths listed per kind of problem
 
 def load_config(overrides: Sequence[str]) -> DictConfig:
     """The `iqs-train` configuration for ``overrides``, outside a Hydra run directory."""
-    root = os.environ.get("IQS_ROOT", os.getcwd())
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[
-                f"paths.root_dir={root}",
-                f"paths.output_dir={root}",
-                "data.manifest_path=null",
-                *overrides,
-            ],
-        )
+        cfg = compose(config_name="train", overrides=["data.manifest_path=null", *overrides])
+    # No run directory here. Set, not given as an override: a folder whose name holds a comma
+    # or '=' would not parse as one.
+    cfg.paths.output_dir = cfg.paths.root_dir
+    return cfg
 
 
 def build_datamodule(cfg: DictConfig) -> IQSDataModule:

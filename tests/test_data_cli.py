@@ -82,6 +82,15 @@ def test_summary_counts_rows_per_source_split_and_class(trees, capsys):
         assert name in out
 
 
+def test_runs_from_a_folder_whose_name_holds_a_comma(trees, tmp_path, monkeypatch, capsys):
+    odd = tmp_path / "photos, 2026=best"
+    odd.mkdir()
+    monkeypatch.chdir(odd)  # the run's folder was an unquoted override value
+    monkeypatch.delenv("IQS_ROOT", raising=False)
+    assert iqs_data(["summary", "data=koniq10k", *roots(trees, ["koniq10k"])]) == 0
+    assert "koniq10k" in capsys.readouterr().out
+
+
 def test_cache_builds_once_then_reuses(trees, tmp_path, capsys):
     args = ["cache", "data=koniq10k", "data/labels=definition", *roots(trees, ["koniq10k"]),
             f"data.cache.dir={tmp_path}"]  # fmt: skip
