@@ -96,7 +96,19 @@ def _wandb_settings(logger_cfg: DictConfig, cfg: DictConfig) -> DictConfig:
         else:
             experiment = hydra_cfg.runtime.choices.get("experiment") if hydra_cfg else None
             logger_cfg.group = experiment or cfg.task_name
+    if logger_cfg.get("id") is None and cfg.get("ckpt_path") and cfg.get("train", True):
+        earlier = _earlier_wandb_run(Path(cfg.paths.output_dir) / "wandb")
+        if earlier:  # resuming in place: the same W&B run, not a second one
+            logger_cfg.id, logger_cfg.resume = earlier, logger_cfg.get("resume") or "allow"
+            log.info("W&B: resuming run %s", earlier)
     return logger_cfg
+
+
+def _earlier_wandb_run(folder: Path) -> str | None:
+    """The id of the newest W&B run in ``folder`` (``run-<time>-<id>``, ``offline-run-...``)."""
+    runs = sorted(folder.glob("*run-*-*"), key=lambda p: p.name.removeprefix("offline-"))
+    runs = [p for p in runs if p.is_dir()]
+    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
 
 
 def instantiate_loggers(cfg: DictConfig) -> list[Logger]:

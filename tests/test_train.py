@@ -63,6 +63,13 @@ def test_wandb_offline_run_holds_metrics_and_config(tmp_path, data_dir):
     assert run.tags == ["dev"]
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()  # CSV logger beside W&B
 
+    # resumed in its own folder: the same W&B run continues (not a second run)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    train(compose_train(["trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path / "run", data_dir))
+    wandb.finish()
+    runs = sorted(glob.glob(str(tmp_path / "run" / "wandb" / "offline-run-*")))
+    assert len(runs) == 2 and len({r.rsplit("-", 1)[-1] for r in runs}) == 1
+
 
 def test_two_job_multirun(tmp_path, data_dir):
     proc = run_cli(
