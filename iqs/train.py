@@ -211,8 +211,8 @@ def train(cfg: DictConfig) -> float | None:
         logger.log_hyperparams(params)
     _define_wandb_summaries(loggers)
 
-    if cfg.get("ckpt_path"):
-        read_checkpoint(cfg.ckpt_path)  # a damaged or foreign file fails here, clearly
+    if cfg.get("ckpt_path"):  # a damaged, foreign or other model's file fails here, clearly
+        _require_fitting_checkpoint(model, read_checkpoint(cfg.ckpt_path), cfg.ckpt_path)
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
 
@@ -226,6 +226,18 @@ def train(cfg: DictConfig) -> float | None:
         results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         _write_results(cfg, results[0] if results else {}, model, ckpt)
     return value
+
+
+def _require_fitting_checkpoint(model: IQSModule, checkpoint: dict, path: str) -> None:
+    try:
+        model.load_state_dict(checkpoint["state_dict"])  # the weights fit would load anyway
+    except RuntimeError as e:
+        trained = OmegaConf.select(OmegaConf.create(checkpoint["iqs_config"]),
+                                   "model.backbone.name", default="?")  # fmt: skip
+        raise CheckpointError(
+            f"{path} does not fit this run's model (trained as model.backbone.name={trained}; "
+            f"{str(e).strip().splitlines()[0]}): resume with the overrides it was trained with"
+        ) from None
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:

@@ -101,6 +101,11 @@ def test_truncated_and_pickled_checkpoints_are_refused_clearly(tmp_path, data_di
     cfg = compose_train(["logger=csv", f"ckpt_path={truncated}"], tmp_path / "again", data_dir)
     with pytest.raises(CheckpointError, match=str(truncated)):
         train(cfg)
+    # another model's checkpoint: one line naming what it was trained as, no traceback
+    other = compose_train(["logger=csv", "model=resnet18", f"ckpt_path={good}"], tmp_path / "o",
+                          data_dir)  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"trained as model\.backbone\.name=mobilenetv3"):
+        train(other)
 
     class Payload:
         def __reduce__(self):
