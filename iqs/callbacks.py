@@ -59,7 +59,9 @@ class EpochSeed(Callback):
         self.seed = int(seed)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl.seed_everything(self.seed * 1000 + trainer.current_epoch, workers=True, verbose=False)
+        # modulo 2**32, the seeds seed_everything takes (seed=20260101 went out of range)
+        epoch_seed = (self.seed * 1000 + trainer.current_epoch) % 2**32
+        pl.seed_everything(epoch_seed, workers=True, verbose=False)
 
 
 class DivergenceGuard(Callback):

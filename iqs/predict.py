@@ -83,6 +83,21 @@ def _collate(items: list[tuple[int, np.ndarray | None, str]]) -> list:
     return items
 
 
+class EvalPreprocess:
+    """A checkpoint's evaluation transform, as a callable loader workers can unpickle (a local
+    function cannot be sent to workers started with spawn, macOS' default)."""
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return self.transform(image=rgb)["image"].numpy()
+
+
+def _init_worker(worker_id: int) -> None:
+    _enable_heif()  # a spawned worker starts without the main process's plugins
+
+
 def load_predictor(model_path: str | os.PathLike, preprocess: str) -> tuple[Preprocess, Predict]:
     """The preprocessing and the batch -> class probabilities function of a model file."""
     path = Path(model_path)
@@ -102,11 +117,9 @@ def load_predictor(model_path: str | os.PathLike, preprocess: str) -> tuple[Prep
         prep: Preprocess = digikam_preprocess
         net: Callable[[torch.Tensor], torch.Tensor] = deployed
     else:
-        tf = eval_transform(inp.size, inp.mean, inp.std, cfg.data.get("resize", "area"))
+        prep = EvalPreprocess(eval_transform(inp.size, inp.mean, inp.std,
+                                             cfg.data.get("resize", "area")))  # fmt: skip
         net = model.predict_probs
-
-        def prep(rgb: np.ndarray) -> np.ndarray:
-            return tf(image=rgb)["image"].numpy()
 
     def predict(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -125,9 +138,8 @@ def predict(
 ) -> list[dict[str, Any]]:
     """One row per photo: label, probabilities and score, or the reason it could not be read."""
     prep, run = load_predictor(model_path, preprocess)
-    loader = DataLoader(
-        PhotoDataset(photos, prep), batch_size=batch_size, num_workers=workers, collate_fn=_collate
-    )
+    loader = DataLoader(PhotoDataset(photos, prep), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate, worker_init_fn=_init_worker)  # fmt: skip
     rows: list[dict[str, Any]] = [{} for _ in photos]
     with tqdm(total=len(photos), desc="predict", unit="photo", disable=not progress) as bar:
         for items in loader:

@@ -11,6 +11,7 @@ import torch
 from iqs.data import manifest as mf
 from iqs.data.datamodule import IQSDataModule
 from iqs.data.labels import LabelRule
+from iqs.data.sources.base import SourceError
 from iqs.data.sources.synthetic import CLEAN, SyntheticSource, dead_leaves, detail, ssim_score
 from iqs.data.splits import assign_group_splits
 
@@ -116,11 +117,37 @@ def test_synthetic_from_a_folder_of_own_photos(tmp_path, caplog):
     df = src.manifest()
     assert (df["split"] == "").all()  # the data module splits them by photo
     assert df["group"].nunique() == 5
-    assert "synthetic:sub_own_4" in set(df["group"])
+    assert "synthetic:sub_own_4.jpg" in set(df["group"])
     assert "skipped 2 unreadable photo(s)" in caplog.text and "broken.jpg" in caplog.text
     split = assign_group_splits(df, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
     assert split.groupby("group")["split"].nunique().max() == 1
     assert set(split["split"]) == {"train", "val", "test"}
+
+
+def test_own_photos_with_odd_names_links_and_clashing_names(tmp_path):
+    import os
+
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / ".thumbnails").mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a.jpg", "a.png", os.fsdecode(b"caf\xe9.jpg"), ".thumbnails/t.jpg"):
+        img = cv2.GaussianBlur(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), (0, 0), 2)
+        cv2.imencode(Path(name).suffix, img)[1].tofile(photos / name)  # any name, any format
+    (photos / "gone.jpg").symlink_to(photos / "nowhere.jpg")  # a broken link: not a photo
+    src = _source(tmp_path / "c1", photos_dir=photos, crops_per_photo=1, variants_per_crop=1,
+                  dead_leaves=0)  # fmt: skip
+    groups = set(src.manifest()["group"])  # OpenCV's imread crashed the process on the Latin-1
+    assert groups == {
+        "synthetic:a.jpg",
+        "synthetic:a.png",
+        "synthetic:" + os.fsdecode(b"caf\xe9.jpg"),
+    }
+
+    cv2.imwrite(str(photos / "sub" / "b.jpg"), img)
+    cv2.imwrite(str(photos / "sub_b.jpg"), img)
+    with pytest.raises(SourceError, match=r"share the name\(s\) \['sub_b\.jpg'\]"):
+        _source(tmp_path / "c2", photos_dir=photos, dead_leaves=0).manifest()
 
 
 def test_clean_augmentations_draw_independently(tmp_path):

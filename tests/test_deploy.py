@@ -229,3 +229,13 @@ def test_models_trained_with_every_output_kind_export_and_verify(loss, tmp_path,
     report = verify(model, tmp_path / "m.onnx", sample_photos(None, limit=4), 1e-4)
     assert report["onnxruntime"]["same_classes"] and report["opencv_dnn"]["same_classes"]
     assert report["onnxruntime"]["max_abs_diff"] < 1e-4
+
+
+def test_train_preprocessing_can_go_to_spawned_workers(checkpoint):
+    import pickle
+
+    from iqs.predict import load_predictor
+
+    prep, _ = load_predictor(checkpoint, "train")
+    rgb = skimage.data.coffee()
+    assert np.array_equal(pickle.loads(pickle.dumps(prep))(rgb), prep(rgb))

@@ -109,3 +109,15 @@ def test_a_weights_file_of_another_model_or_with_prefixed_keys_is_refused(tmp_pa
     full = tmp_path / "imagenet.pth"
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), full)
     create_backbone("resnet18", weights=full)
+
+
+def test_epoch_reseeding_takes_any_seed_seed_everything_takes():
+    from types import SimpleNamespace
+
+    from iqs.callbacks import EpochSeed
+
+    for seed in (20260101, 2**32 - 1):  # seed * 1000 + epoch went past 2**32 - 1
+        EpochSeed(seed).on_train_epoch_start(SimpleNamespace(current_epoch=3), None)
+        a = torch.rand(2)
+        EpochSeed(seed).on_train_epoch_start(SimpleNamespace(current_epoch=3), None)
+        assert torch.equal(torch.rand(2), a)

@@ -87,7 +87,9 @@ def save(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 def load(path: str | os.PathLike) -> pd.DataFrame:
-    df = pd.read_csv(path, keep_default_na=False, dtype={"split": str, "histogram": str})
+    # surrogateescape: paths that are not UTF-8 come back as the names they were written as
+    df = pd.read_csv(path, keep_default_na=False, dtype={"split": str, "histogram": str},
+                     encoding_errors="surrogateescape")  # fmt: skip
     return validate(df, where=str(path))
 
 

@@ -27,6 +27,7 @@ from skimage.metrics import structural_similarity
 
 from iqs.data import manifest as mf
 from iqs.data.dataset import reseed
+from iqs.data.images import UnreadableImage, read_rgb
 from iqs.data.labels import LabelRule
 from iqs.data.sources.base import Source, SourceError
 from iqs.utils import atomic_write, atomic_write_text
@@ -227,7 +228,11 @@ class SyntheticSource(Source):
         assert self.photos_dir is not None
         if not self.photos_dir.is_dir():
             raise SourceError(f"{self.name}: photos_dir {self.photos_dir} is not a folder")
-        files = sorted(p for p in self.photos_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            p for p in self.photos_dir.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()  # not a broken link
+            and not any(part.startswith(".") for part in p.relative_to(self.photos_dir).parts)
+        )  # fmt: skip
         if len(files) < 3:
             raise SourceError(
                 f"{self.name}: {self.photos_dir} holds {len(files)} photo(s); at least 3 are "
@@ -254,13 +259,24 @@ class SyntheticSource(Source):
                 photos.append(Photo(name, rgb))
             return photos
         photos, skipped = [], []
-        for path in self._photo_files():
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)  # applies EXIF orientation
-            rgb = None if bgr is None else self._fit(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        files = self._photo_files()
+        # One name per photo (its crops' ids and files): the relative path, suffix included.
+        names = [str(p.relative_to(self.photos_dir)).replace(os.sep, "_") for p in files]
+        clash = sorted({n for n in names if names.count(n) > 1})
+        if clash:
+            both = [str(p) for p, n in zip(files, names) if n in clash]
+            raise SourceError(
+                f"{self.name}: photos in {self.photos_dir} would share the name(s) {clash[:3]} "
+                f"(sub/a.jpg and sub_a.jpg do): rename one of {both[:4]}"
+            )
+        for path, name in zip(files, names):
+            try:  # EXIF orientation, CMYK, 16-bit; any file name (OpenCV's imread crashed on some)
+                rgb = self._fit(read_rgb(path))
+            except UnreadableImage:
+                rgb = None
             if rgb is None:
                 skipped.append(str(path))
                 continue
-            name = str(path.relative_to(self.photos_dir).with_suffix("")).replace(os.sep, "_")
             photos.append(Photo(name, rgb))
         if skipped:
             log.warning(
@@ -283,7 +299,9 @@ class SyntheticSource(Source):
 
     def _generate(self, photo: Photo) -> list[dict[str, Any]]:
         # One stream per photo, so adding a photo does not change the crops of the others.
-        rng = np.random.default_rng([self.seed, zlib.crc32(photo.name.encode())])
+        rng = np.random.default_rng(
+            [self.seed, zlib.crc32(photo.name.encode(errors="surrogateescape"))]
+        )
         split = self.fixed_split.get(photo.name, "")
         cleans = [self._clean_crop(photo.rgb, rng) for _ in range(self.crops_per_photo)]
         return self._variants(photo.name, split, cleans, rng)
