@@ -562,10 +562,10 @@ Close calls, and why a row can say **no** (as measured when this script was writ
 - *ONNX Runtime vs eager*: over runs, the default backbone 1.43-3.57x (1.08x once
   when the two were timed one after the other, before they took turns), the study's InceptionV3
   (digiKam's model) 1.25-1.76x, resnet18 1.08-1.32x, around the 1.3x line. The arithmetic-rate
-  rows show why: on the two large models ONNX Runtime runs at the CPU's limit (in the first two
-  runs with these rows resnet18 at 91% and 97%, InceptionV3 at 96% and 98% of the peak
-  convolution rate), so its lead is exactly eager's shortfall, and eager PyTorch ran resnet18 at
-  70% and 79% of the peak: a ceiling of 1.42x and 1.26x for any FP32 runtime. Where eager
+  rows show why: on the two large models ONNX Runtime runs at the CPU's limit (in the three
+  runs with these rows resnet18 at 91-97%, InceptionV3 at 95-98% of the peak convolution rate),
+  so its lead is exactly eager's shortfall, and eager PyTorch ran resnet18 at 70-79% of the
+  peak: a ceiling of 1.26-1.42x for any FP32 runtime (1.26x in two of the three). Where eager
   reaches 77% of the peak, 1.3x on resnet18 cannot be had on this machine. Eager loses most
   on narrow convolutions (3x3 at batch 16, PyTorch vs ONNX Runtime: 64 channels at 56 px 219
   vs 357 GFLOP/s, 128 at 28 px 299 vs 415, 256 at 28 px 385 vs 452, 512 at 14 px 441 vs 451)
@@ -600,8 +600,9 @@ Close calls, and why a row can say **no** (as measured when this script was writ
   difference. Taking turns step by step, runs gave 0.94-1.03x and the summed ratio 0.95-1.01x:
   Lightning's own cost is ~2% (~8 ms of a ~440 ms step: hooks, closure, `self.log` ~0.7 ms,
   fetching), the forward and backward themselves take the same time in both loops.
-- *Memory*: +63 MB peak growth (was +111 MB): AVA's vote table is freed before the histogram
-  text is made, split names are shared strings, splits are assigned on integer group codes.
+- *Memory*: +63-65 MB peak growth (was +111 MB): AVA's vote table is freed before the
+  histogram text is made, split names are shared strings, splits are assigned on integer group
+  codes; the check for ids listed twice (reported with their line) added ~2 MB.
 """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".md.tmp")
