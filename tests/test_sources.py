@@ -365,3 +365,16 @@ def test_unclosed_quote_empty_file_and_bad_bytes_are_named_by_line(tmp_path):
     )
     with pytest.raises(SourceError, match=r"dmos\.csv:3002: not UTF-8 text \(byte 4 of the line"):
         KADID10k(root=tmp_path, labels=STUDY.kadid10k, check_files=False).annotations()
+
+
+def test_a_label_rule_for_another_scale_is_reported(tmp_path):
+    import shutil
+
+    shutil.copytree(ds.shared("koniq10k"), tmp_path / "koniq10k")
+    src = KonIQ10k(root=tmp_path / "koniq10k", labels=STUDY.koniq10k, score_column="MOS",
+                   check_files=False)  # fmt: skip
+    assert set(src.manifest()["label"]) == {0}  # the 0-100 rule on a 1-5 column: all Rejected
+    assert any("outside the scores' range 1..5" in p for p in src.problems)
+    right = KonIQ10k(root=tmp_path / "koniq10k", labels=STUDY.koniq10k, check_files=False)
+    right.manifest()
+    assert not any("label rule" in p for p in right.problems)

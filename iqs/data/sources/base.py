@@ -147,6 +147,8 @@ class AnnotatedSource(Source):
         """Manifest rows of the images that exist; ``include_dropped`` keeps the rows the label
         rule leaves out (label ``DROP``), e.g. to check every image of a download."""
         df = self._inside_root(self.annotations())
+        if "label" not in df:
+            self._check_rule_scale()
         labels = df["label"] if "label" in df else self.rule(df["raw_score"].to_numpy())
         dropped = np.asarray(labels == DROP)
         if dropped.any() and not include_dropped:
@@ -174,6 +176,18 @@ class AnnotatedSource(Source):
         if self.check_files:
             out = self._existing(out)
         return out.reset_index(drop=True)
+
+    def _check_rule_scale(self) -> None:
+        """A label rule written for another scale (KonIQ's 0-100 rule on its 1-5 ``MOS``
+        column) gives every photo one class: reported, as the run would still go on."""
+        lo, hi = self.score_range
+        outside = sorted({b for _, bounds in self.rule.bands for b in bounds.values()
+                          if not lo <= b <= hi})  # fmt: skip
+        if outside:
+            self.problems.append(
+                f"{self.name}: the label rule's bound(s) {outside} lie outside the scores' range "
+                f"{lo:g}..{hi:g}: was the rule written for another scale? ({self.rule})"
+            )
 
     def _inside_root(self, df: pd.DataFrame) -> pd.DataFrame:
         """Rows whose file name stays inside the image folder: annotation files come from the
