@@ -331,6 +331,23 @@ def test_a_batch_of_only_unreadable_photos_is_counted(tmp_path, data_dir):
     assert model.stage_metrics("train").skipped_images.compute() == 3
 
 
+def test_under_ddp_a_batch_of_only_unreadable_photos_still_runs_backward(
+    tmp_path, data_dir, monkeypatch
+):
+    # A process returning None skips backward while the others wait in DDP's all-reduce.
+    from iqs.models import module as module_mod
+    from iqs.models.module import build_model
+    from tests.conftest import compose_train
+
+    monkeypatch.setattr(module_mod, "_processes", lambda: 2)
+    model = build_model(compose_train([], tmp_path, data_dir), ["synthetic"])
+    loss = model.training_step(collate_skip_none([None, None]), 0)
+    assert float(loss) == 0.0 and loss.requires_grad
+    loss.backward()  # zero gradients for every trainable weight, as DDP needs
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters()
+               if p.requires_grad)  # fmt: skip
+
+
 class _NumberedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 4

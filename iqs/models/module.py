@@ -102,6 +102,10 @@ class IQSModule(pl.LightningModule):
     def _step(self, batch: Batch, stage: str) -> Tensor | None:
         if "image" not in batch:  # every image of the batch was unreadable: count them
             self.stage_metrics(stage).skipped_images.update(batch["skipped"].float())
+            if stage == "train" and _processes() > 1:
+                # Every process must run backward (DDP's gradient all-reduce) and reach the
+                # divergence guard's collective, or the others wait forever: a zero loss.
+                return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return None
         outputs = self(batch["image"])
         loss = self.loss(outputs, batch["label"], batch["score"])
@@ -262,6 +266,11 @@ def build_model(cfg: DictConfig, source_names: Sequence[str]) -> IQSModule:
 
 class CheckpointError(RuntimeError):
     """A file that is not an iqs checkpoint, or one that cannot be rebuilt."""
+
+
+def _processes() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
