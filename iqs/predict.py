@@ -172,17 +172,17 @@ def write_sidecars(rows: list[dict[str, Any]], naming: str, dry_run: bool) -> in
     from iqs.xmp import XmpError, sidecar_path, write_pick_label
 
     labelled = [row for row in rows if not row.get("error")]
+    sidecars = [sidecar_path(row["path"], naming) for row in labelled]
     owners: dict[Path, list[str]] = defaultdict(list)
-    for row in labelled:
-        owners[sidecar_path(row["path"], naming)].append(row["path"])
+    for row, sidecar in zip(labelled, sidecars):
+        owners[sidecar].append(row["path"])
     failed = 0
-    for row in labelled:
+    for row, sidecar in zip(labelled, sidecars):
         try:
-            shared = owners[sidecar_path(row["path"], naming)]
-            if len(shared) > 1:
+            if len(owners[sidecar]) > 1:
                 raise XmpError(
-                    f"{sidecar_path(row['path'], naming)} would be the sidecar of "
-                    f"{' and '.join(shared)}; use --sidecar default"
+                    f"{sidecar} would be the sidecar of {' and '.join(owners[sidecar])}; "
+                    "use --sidecar default"
                 )
             result = write_pick_label(row["path"], row["pick_label"], naming, dry_run=dry_run)
             row["xmp"] = f"{'would be ' if dry_run else ''}{result.action}: {result.sidecar}"

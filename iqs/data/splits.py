@@ -40,13 +40,9 @@ def assign_group_splits(
     if sum(fractions.values()) <= 0 or any(v < 0 for v in fractions.values()):
         raise ValueError(f"split fractions must be non-negative and sum > 0, got {fractions}")
     if fixed is not None and len(fixed):
-        empty = df["split"].eq("").to_numpy()
+        empty = df["split"].eq("")
         if empty.any():
-            df = df.copy(deep=False)
-            split = df["split"].to_numpy(dtype=object, copy=True)
-            hint = df.loc[empty, "image_id"].map(fixed)
-            split[np.flatnonzero(empty)[hint.notna().to_numpy()]] = hint.dropna().to_numpy()
-            df["split"] = split
+            df = df.assign(split=df["image_id"].where(empty).map(fixed).fillna(df["split"]))
     group, names = pd.factorize(df["group"], sort=True)
     split_codes = {**{s: i for i, s in enumerate(SPLITS)}, TRAINVAL: _TRAINVAL}
     row_split = df["split"].map(split_codes).fillna(_NONE).to_numpy(np.int64)
