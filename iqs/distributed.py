@@ -5,11 +5,14 @@ Under Hydra its own command repeats ``sys.argv``, which in a multirun starts the
 again in every child process. :func:`child_command` rebuilds the command from the *job's*
 overrides instead and pins the child to the job's run directory; :func:`use_hydra_child_command`
 makes Lightning use it. Writes outside Lightning (manifest, status, results) are made by rank
-zero only (:func:`is_rank_zero`).
+zero only (:func:`is_rank_zero`). Where the processes are started by SLURM instead (``srun``,
+e.g. through Hydra's submitit launcher), each runs Hydra's job setup in the same run directory;
+:func:`log_to_rank_file` keeps their logs apart.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -62,6 +65,29 @@ def use_hydra_child_command() -> None:
             "updating before DDP runs can keep one run directory"
         )
     subprocess_script._hydra_subprocess_cmd = child_command
+
+
+def log_to_rank_file() -> None:
+    """In a process other than rank zero, log to ``<job name>_rank<N>.log`` instead of the run's
+    ``<job name>.log``, as the DDP children iqs starts do (their job name carries the rank)."""
+    rank = rank_zero_only.rank
+    if rank == 0 or not HydraConfig.initialized():
+        return
+    name = HydraConfig.get().job.name
+    if name.endswith(f"_rank{rank}"):
+        return
+    shared = os.path.join(HydraConfig.get().runtime.output_dir, f"{name}.log")
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename == os.path.abspath(
+            shared
+        ):
+            own = logging.FileHandler(shared[: -len(".log")] + f"_rank{rank}.log")
+            own.setFormatter(handler.formatter)
+            own.setLevel(handler.level)
+            root.removeHandler(handler)
+            handler.close()
+            root.addHandler(own)
 
 
 # What Lightning's launcher writes into this process's environment when it starts children.

@@ -32,7 +32,12 @@ from iqs.data.datamodule import IQSDataModule
 from iqs.data.images import reuse_freed_memory
 from iqs.data.manifest import ManifestError
 from iqs.data.sources.base import SourceError
-from iqs.distributed import distributed_job, is_rank_zero, use_hydra_child_command
+from iqs.distributed import (
+    distributed_job,
+    is_rank_zero,
+    log_to_rank_file,
+    use_hydra_child_command,
+)
 from iqs.models.backbones import input_config
 from iqs.models.module import CheckpointError, IQSModule, build_model, read_checkpoint
 from iqs.utils import atomic_write_text
@@ -192,6 +197,9 @@ def check_optimized_mode(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> float | None:
     """Fit and test as configured; return the best value of ``optimized_metric``."""
     check_optimized_mode(cfg)
+    if cfg.get("train", True) and (resume := requeued_checkpoint(cfg)):
+        log.warning("SLURM restarted this job (requeued): resuming from %s", resume)
+        cfg.ckpt_path = str(resume)
     pl.seed_everything(cfg.seed, workers=True)
     if HydraConfig.initialized():
         use_hydra_child_command()  # DDP children join this run's directory
@@ -226,6 +234,21 @@ def train(cfg: DictConfig) -> float | None:
         results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         _write_results(cfg, results[0] if results else {}, model, ckpt)
     return value
+
+
+def requeued_checkpoint(cfg: DictConfig) -> Path | None:
+    """The run's newest own checkpoint when SLURM has restarted its job (requeued at its time
+    limit or on preemption: ``SLURM_RESTART_COUNT`` > 0), else None. The restarted job runs the
+    same command in the same run directory; without this it would train from scratch over the
+    checkpoints and metrics of its first attempt."""
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
+        return None
+    run_dir = Path(cfg.paths.output_dir)
+    checkpoints = Path(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath",
+                                        default=run_dir / "checkpoints"))  # fmt: skip
+    # epoch and last checkpoints, interrupted.ckpt (SIGTERM), Lightning's own SLURM requeue's
+    found = [*checkpoints.glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def _require_fitting_checkpoint(model: IQSModule, checkpoint: dict, path: str) -> None:
@@ -297,6 +320,7 @@ def _multirun() -> bool:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     started = time.time()
+    log_to_rank_file()  # processes started by SLURM share the run directory
     reuse_freed_memory()  # CPU steps and loader workers (forked after this) fault less
     _write_status(cfg, "running", started)
     try:

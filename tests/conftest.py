@@ -111,16 +111,21 @@ def compose_eval(overrides: list[str], output_dir: Path, data_dir: Path) -> Dict
     return cfg
 
 
-def run_cli(
-    args: list[str], log_dir: Path, data_dir: Path, check: bool = True
-) -> subprocess.CompletedProcess:
-    """Run `python -m iqs.train` as a user would, with tiny settings (``args`` override them)."""
+def cli_command(args: list[str], log_dir: Path, data_dir: Path) -> list[str]:
+    """`python -m iqs.train` as a user would run it, with tiny settings (``args`` override them)."""
     flags = [a for a in args if a.startswith("-")]  # -m: argparse wants flags first
     overrides = [a for a in args if not a.startswith("-")]
-    cmd = [
+    return [
         sys.executable, "-m", "iqs.train", *flags, *TINY, *overrides,
         f"paths.log_dir={log_dir}", f"paths.data_dir={data_dir}",
     ]  # fmt: skip
+
+
+def run_cli(
+    args: list[str], log_dir: Path, data_dir: Path, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run :func:`cli_command` and wait for it."""
+    cmd = cli_command(args, log_dir, data_dir)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import glob
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,8 +18,9 @@ from omegaconf import OmegaConf
 
 from iqs.data.dataset import EpochSampler
 from iqs.models.module import read_checkpoint
-from iqs.train import CONFIG_DIR, build
-from tests.conftest import run_cli
+from iqs.train import CONFIG_DIR, build, requeued_checkpoint
+from tests import fake_slurm
+from tests.conftest import cli_command, run_cli
 from tests.wandb_files import read_offline_run
 
 
@@ -104,3 +109,85 @@ def test_multi_node_slurm_example_is_consistent():
     assert trainer.strategy == "ddp" and not trainer.use_distributed_sampler
     assert launcher.nodes == trainer.num_nodes > 1
     assert launcher.tasks_per_node == launcher.gpus_per_node == trainer.devices
+
+
+# experiment=ddp_slurm on 2 "nodes" of one CPU: one task per node, gloo (SyncBatchNorm needs GPUs)
+SLURM_ON_CPU = [
+    "-m", "experiment=ddp_slurm", "trainer.accelerator=cpu", "trainer.precision=32-true",
+    "trainer.devices=1", "trainer.sync_batchnorm=false", "hydra.launcher.tasks_per_node=1",
+    "hydra.launcher.gpus_per_node=0",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ddp_slurm_example_on_two_nodes_resumes_after_a_requeue(tmp_path, data_dir, monkeypatch):
+    """The multi-node example, submitted through Hydra's submitit launcher to a stand-in SLURM
+    (tests/fake_slurm.py) whose two "nodes" are processes here. Mid-run the job gets SIGUSR2, as
+    SLURM sends it before the time limit (with timeout_min=1 submitit takes any signal for a
+    timeout, so the preset's max_num_timeout decides): submitit requeues it, and the restarted
+    job must continue from its last checkpoint, not train from scratch over its first attempt."""
+    state = tmp_path / "slurm"
+    monkeypatch.setenv("PATH", f"{fake_slurm.install(state)}{os.pathsep}{os.environ['PATH']}")
+    overrides = [*SLURM_ON_CPU, "hydra.launcher.timeout_min=1", "trainer.max_epochs=4"]
+    cmd = cli_command(overrides, tmp_path, data_dir)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        deadline = time.monotonic() + 300
+        while not glob.glob(str(tmp_path / "train/multiruns/*/0/checkpoints/last.ckpt")):
+            assert proc.poll() is None, proc.stdout.read()[-5000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        (pids,) = state.glob("*.pids")
+        fake_slurm.signal_job(state, pids.stem, signal.SIGUSR2)
+        output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-5000:]
+
+    (sweep,) = glob.glob(str(tmp_path / "train" / "multiruns" / "*"))
+    job = Path(sweep) / "0"
+    (submitit,) = [p for p in (Path(sweep) / ".submitit").iterdir() if p.is_dir()]  # the job
+    assert sorted(p.name for p in submitit.glob("*_result.pkl")) == [
+        f"{submitit.name}_0_result.pkl",
+        f"{submitit.name}_1_result.pkl",
+    ]  # fmt: skip  (two SLURM tasks: two "nodes")
+    # (the requeue stops the tasks: whether "Requeued job" gets logged first is a race)
+    assert "Calling checkpoint method" in (submitit / f"{submitit.name}_0_log.out").read_text()
+    log = (job / "train.log").read_text()
+    rank1 = (job / "train_rank1.log").read_text()  # rank 1 logs on its own
+    assert "resuming from" in log and "resuming from" in rank1
+    assert "(procid=1)" in rank1 and "(procid=1)" not in log
+
+    # One run: the first attempt's checkpoints continued, not versioned copies from a restart
+    assert sorted(p.name for p in (job / "checkpoints").iterdir()) == [
+        "epoch_000.ckpt", "epoch_001.ckpt", "epoch_002.ckpt", "epoch_003.ckpt", "last.ckpt",
+    ]  # fmt: skip
+    offline = glob.glob(str(job / "wandb" / "offline-run-*"))
+    assert len({run.rsplit("-", 1)[-1] for run in offline}) == 1  # the W&B run resumed
+    sessions = [pd.read_csv(p) for p in sorted((job / "csv").glob("metrics*.csv"))]
+    epochs = pd.concat(sessions).dropna(subset=["val/srcc"])
+    assert len(sessions) == 2 and sorted(epochs["epoch"]) == [0, 1, 2, 3]
+    assert '"completed"' in (job / "status.json").read_text()
+
+    # gathered over both nodes: the values one process gets from the same weights
+    for epoch in (0, 3):
+        logged = epochs[epochs["epoch"] == epoch].iloc[0]
+        single = _val_metrics(job / "checkpoints" / f"epoch_{epoch:03d}.ckpt")
+        for key in ("val/srcc", "val/f1_macro", "val/acc"):
+            assert single[key] == pytest.approx(logged[key], abs=1e-6), key
+
+
+def test_requeued_checkpoint_is_the_runs_newest_only_after_a_slurm_restart(tmp_path, monkeypatch):
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
+    (tmp_path / "checkpoints").mkdir()
+    for i, name in enumerate(["checkpoints/epoch_000.ckpt", "checkpoints/last.ckpt",
+                              "hpc_ckpt_1.ckpt", "checkpoints/interrupted.ckpt"]):  # fmt: skip
+        (tmp_path / name).write_bytes(b"")
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert requeued_checkpoint(cfg) is None  # a first start trains from scratch
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    assert requeued_checkpoint(cfg) is None
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert requeued_checkpoint(cfg) == tmp_path / "checkpoints" / "interrupted.ckpt"
+    os.utime(tmp_path / "hpc_ckpt_1.ckpt", (2000, 2000))  # Lightning's requeue saved it last
+    assert requeued_checkpoint(cfg) == tmp_path / "hpc_ckpt_1.ckpt"
+    empty = OmegaConf.create({"paths": {"output_dir": str(tmp_path / "x")}})
+    assert requeued_checkpoint(empty) is None
