@@ -141,7 +141,11 @@ def cache(dm: IQSDataModule, workers: int) -> int:
     print(f"caching {len(rows)} images into {dm.image_cache.root} ({dm.image_cache.max_side}px)")
     report = dm.image_cache.build(rows, workers=workers)
     print(report)
-    return 1 if report.failed else 0
+    # images left out while reading (missing, unreadable rows) were not cached either
+    problems = sum(len(s.problems) for s in dm.sources.values())
+    if problems:
+        print(f"{problems} problem(s) while reading; run `iqs-data check` to list them")
+    return 1 if report.failed or problems else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

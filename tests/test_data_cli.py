@@ -101,6 +101,17 @@ def test_cache_builds_once_then_reuses(trees, tmp_path, capsys):
     assert "0 built, 24 reused" in capsys.readouterr().out
 
 
+def test_cache_exits_1_when_images_were_left_out_while_reading(trees, tmp_path, capsys):
+    """A missing photo never reaches the cache's list: the exit status must still say so."""
+    shutil.copytree(trees / "spaq", tmp_path / "spaq")
+    (tmp_path / "spaq" / "TestImage" / "00004.jpg").unlink()
+    args = ["cache", "data=spaq", "data/labels=definition", *roots(tmp_path, ["spaq"]),
+            f"data.cache.dir={tmp_path / 'cache'}"]  # fmt: skip
+    assert iqs_data(args) == 1
+    out = capsys.readouterr().out
+    assert "0 failed" in out and "1 problem(s) while reading; run `iqs-data check`" in out
+
+
 def test_bad_override_is_a_usage_error(capsys):
     assert iqs_data(["summary", "data=nope"]) == 2
     assert "nope" in capsys.readouterr().err
