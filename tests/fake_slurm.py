@@ -7,8 +7,8 @@ global and local rank, node id, node list), so submitit's ``JobEnvironment`` and
 reports the jobs' states; ``scontrol requeue`` stops a job's tasks and runs its script again, as
 SLURM does with a job requeued at its time limit or on preemption. :func:`signal_job` sends a
 signal to a job's tasks (what ``#SBATCH --signal`` does before the time limit). :func:`install`
-writes the commands into a folder for ``PATH``. Job arrays are not supported (a sweep of one job
-is submitted without one).
+writes the commands into a folder for ``PATH``. The tasks of a job array (a sweep of several
+jobs) run one after another.
 """
 
 from __future__ import annotations
@@ -69,24 +69,29 @@ def _directives(script: Path) -> dict[str, str]:
     return flags
 
 
+def _array_indices(spec: str) -> list[int]:
+    """``0-3%2`` (submitit's form) -> [0, 1, 2, 3]; the parallelism limit is moot here."""
+    first, last = spec.split("%")[0].split("-")
+    return list(range(int(first), int(last) + 1))
+
+
 def sbatch(args: list[str]) -> int:
     script = Path(args[-1]).resolve()
     flags = _directives(script)
-    if "array" in flags:
-        sys.exit("fake sbatch: job arrays are not supported")
     nodes = int(flags.get("nodes", 1))
     per_node = int(flags.get("ntasks-per-node", 1))
     job_id = _free_job_id()
+    indices = _array_indices(flags["array"]) if "array" in flags else []
     env = dict(
-        os.environ,
-        SLURM_JOB_ID=job_id, SLURM_JOBID=job_id, SLURM_JOB_NAME=flags.get("job-name", "job"),
+        os.environ, SLURM_JOB_NAME=flags.get("job-name", "job"),
         SLURM_JOB_NUM_NODES=str(nodes), SLURM_NNODES=str(nodes),
         SLURM_NTASKS=str(nodes * per_node), SLURM_NTASKS_PER_NODE=str(per_node),
         SLURM_JOB_NODELIST="localhost", SLURM_NODELIST="localhost",
     )  # fmt: skip
-    (_state_dir() / f"{job_id}.state").write_text("RUNNING")
+    for key in [f"{job_id}_{i}" for i in indices] or [job_id]:
+        (_state_dir() / f"{key}.state").write_text("PENDING")
     subprocess.Popen(
-        [sys.executable, __file__, "_run", job_id, str(script)], env=env,
+        [sys.executable, __file__, "_run", job_id, str(script), *map(str, indices)], env=env,
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
@@ -95,19 +100,38 @@ def sbatch(args: list[str]) -> int:
 
 
 def run_batch_script(args: list[str]) -> int:
-    """The job itself: the batch script (again after each requeue), then its state for sacct."""
-    job_id, script = args
-    requeue = _state_dir() / f"{job_id}.requeue"
-    restarts = 0
-    while True:
-        os.environ["SLURM_RESTART_COUNT"] = str(restarts)
-        code = subprocess.call(["/bin/bash", script])
-        if not requeue.exists():
-            break
-        requeue.unlink()
-        restarts += 1
-    (_state_dir() / f"{job_id}.state").write_text("COMPLETED" if code == 0 else "FAILED")
-    return code
+    """The job itself, or the tasks of an array one after another (a cluster with one free
+    slot): the batch script, again after each requeue, then the state for sacct."""
+    job_id, script, *indices = args
+    codes = []
+    for index in indices or [None]:
+        if index is None:
+            key, env = job_id, {"SLURM_JOB_ID": job_id}
+        else:
+            key = f"{job_id}_{index}"
+            env = {"SLURM_JOB_ID": _free_job_id(), "SLURM_ARRAY_JOB_ID": job_id,
+                   "SLURM_ARRAY_TASK_ID": index}  # fmt: skip
+        env["SLURM_JOBID"] = env["SLURM_JOB_ID"]
+        requeue = _state_dir() / f"{key}.requeue"
+        restarts = 0
+        while True:
+            (_state_dir() / f"{key}.state").write_text("RUNNING")
+            env["SLURM_RESTART_COUNT"] = str(restarts)
+            code = subprocess.call(["/bin/bash", script], env={**os.environ, **env})
+            if not requeue.exists():
+                break
+            requeue.unlink()
+            restarts += 1
+        (_state_dir() / f"{key}.state").write_text("COMPLETED" if code == 0 else "FAILED")
+        codes.append(code)
+    return max(codes)
+
+
+def _job_key() -> str:
+    """The job's name in sacct and scontrol: ``<array job>_<index>`` for a task of an array."""
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ["SLURM_JOB_ID"]
 
 
 def scontrol(args: list[str]) -> int:
@@ -131,7 +155,9 @@ def srun(args: list[str]) -> int:
         flag = args.pop(0)
         if flag in streams:
             streams[flag] = args.pop(0)
-    job_id = os.environ["SLURM_JOB_ID"]
+    key = _job_key()
+    patterns = {"%j": os.environ["SLURM_JOB_ID"], "%A": os.environ.get("SLURM_ARRAY_JOB_ID", ""),
+                "%a": os.environ.get("SLURM_ARRAY_TASK_ID", "")}  # fmt: skip
     ntasks, per_node = int(os.environ["SLURM_NTASKS"]), int(os.environ["SLURM_NTASKS_PER_NODE"])
     tasks = []
     for rank in range(ntasks):
@@ -142,13 +168,15 @@ def srun(args: list[str]) -> int:
         files = {}
         for flag, pattern in streams.items():
             if pattern:
-                path = pattern.replace("%j", job_id).replace("%t", str(rank))
+                path = pattern.replace("%t", str(rank))
+                for placeholder, value in patterns.items():
+                    path = path.replace(placeholder, value)
                 files[flag] = open(path, "a")  # noqa: SIM115 (closed below)
         out = files.get("--output")
         err = files.get("--error", out)
         tasks.append((subprocess.Popen(args, env=env, stdout=out, stderr=err), files))
-    (_state_dir() / f"{job_id}.pids").write_text(" ".join(str(p.pid) for p, _ in tasks))
-    requeue = _state_dir() / f"{job_id}.requeue"
+    (_state_dir() / f"{key}.pids").write_text(" ".join(str(p.pid) for p, _ in tasks))
+    requeue = _state_dir() / f"{key}.requeue"
     while any(p.poll() is None for p, _ in tasks):
         if requeue.exists():  # SLURM ends a requeued job's tasks: SIGTERM, then SIGKILL
             _stop([p for p, _ in tasks])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from iqs.models.module import read_checkpoint
 from iqs.train import CONFIG_DIR
+from tests import fake_slurm
 from tests.conftest import run_cli
 
 SMALL = ["trainer.max_epochs=1", "logger=csv", "+trainer.limit_train_batches=2",
@@ -66,3 +69,26 @@ def test_slurm_preset_composes_with_gpu_and_time_settings():
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.timeout_min == 720
     assert launcher.partition == "gpu" and cfg.trainer.accelerator == "gpu"
+
+
+@pytest.mark.slow
+def test_slurm_launcher_runs_a_sweep_as_a_job_array(tmp_path, data_dir, monkeypatch):
+    """Through Hydra's submitit launcher to a stand-in SLURM (tests/fake_slurm.py): a sweep of
+    two jobs is one job array; each task trains in its own run directory, and Hydra collects
+    both results."""
+    state = tmp_path / "slurm"
+    monkeypatch.setenv("PATH", f"{fake_slurm.install(state)}{os.pathsep}{os.environ['PATH']}")
+    run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "seed=1,2", *SMALL],
+            tmp_path / "logs", data_dir)  # fmt: skip
+    jobs = sorted(p.stem for p in state.glob("*.state"))
+    array = jobs[0].split("_")[0]
+    assert jobs == [f"{array}_0", f"{array}_1"]  # one array of two tasks
+    (sweep,) = glob.glob(str(tmp_path / "logs/train/multiruns/*"))
+    for job, seed in (("0", 1), ("1", 2)):
+        run = Path(sweep) / job
+        status = json.loads((run / "status.json").read_text())
+        assert status["status"] == "completed" and status["value"] is not None
+        assert read_checkpoint(run / "checkpoints" / "last.ckpt")["iqs_config"]["seed"] == seed
+        assert (
+            Path(sweep) / ".submitit" / f"{array}_{job}" / f"{array}_{job}_0_result.pkl"
+        ).is_file()
