@@ -76,18 +76,16 @@ def log_to_rank_file() -> None:
     name = HydraConfig.get().job.name
     if name.endswith(f"_rank{rank}"):
         return
-    shared = os.path.join(HydraConfig.get().runtime.output_dir, f"{name}.log")
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler) and handler.baseFilename == os.path.abspath(
-            shared
-        ):
-            own = logging.FileHandler(shared[: -len(".log")] + f"_rank{rank}.log")
-            own.setFormatter(handler.formatter)
-            own.setLevel(handler.level)
-            root.removeHandler(handler)
-            handler.close()
-            root.addHandler(own)
+    shared = os.path.abspath(os.path.join(HydraConfig.get().runtime.output_dir, f"{name}.log"))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename == shared:
+            # The same handler, pointed elsewhere: its class, format, level and encoding stay.
+            # FileHandler opens its file again at the next record.
+            with handler.lock:
+                stream, handler.stream = handler.stream, None
+                handler.baseFilename = shared.removesuffix(".log") + f"_rank{rank}.log"
+            if stream is not None:
+                stream.close()
 
 
 # What Lightning's launcher writes into this process's environment when it starts children.

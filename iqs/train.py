@@ -237,18 +237,43 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def requeued_checkpoint(cfg: DictConfig) -> Path | None:
-    """The run's newest own checkpoint when SLURM has restarted its job (requeued at its time
+    """This run's furthest checkpoint when SLURM has restarted its job (requeued at its time
     limit or on preemption: ``SLURM_RESTART_COUNT`` > 0), else None. The restarted job runs the
     same command in the same run directory; without this it would train from scratch over the
-    checkpoints and metrics of its first attempt."""
+    checkpoints and metrics of its first attempt.
+
+    Only checkpoints trained with this run's settings count (a reused folder may hold another
+    run's), and the furthest is the one with the most optimiser steps, not the newest file:
+    every process of a distributed job must pick the same one, whatever its clock or cache."""
     if int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
         return None
     run_dir = Path(cfg.paths.output_dir)
-    checkpoints = Path(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath",
-                                        default=run_dir / "checkpoints"))  # fmt: skip
-    # epoch and last checkpoints, interrupted.ckpt (SIGTERM), Lightning's own SLURM requeue's
-    found = [*checkpoints.glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    folders = {run_dir / "checkpoints", run_dir}  # run_dir: Lightning's own hpc_ckpt_<n>.ckpt
+    for callback in (cfg.get("callbacks") or {}).values():
+        if isinstance(callback, DictConfig) and callback.get("dirpath"):
+            folders.add(Path(callback.dirpath))  # epoch, last and interrupted checkpoints
+    settings = _run_settings(OmegaConf.to_container(cfg, resolve=True))
+    furthest, furthest_key = None, None
+    for path in sorted({p for folder in folders for p in folder.glob("*.ckpt")}):
+        try:
+            ckpt = read_checkpoint(path, mmap=True)
+        except CheckpointError as e:  # damaged, foreign: not this run's progress
+            log.warning("not resuming from %s: %s", path, e)
+            continue
+        if _run_settings(ckpt["iqs_config"]) != settings:
+            log.warning("not resuming from %s: trained with other settings", path)
+            continue
+        key = (int(ckpt.get("global_step", -1)), path.name == "last.ckpt", path.name)
+        if furthest_key is None or key > furthest_key:
+            furthest, furthest_key = path, key
+    return furthest
+
+
+def _run_settings(config: object) -> object:
+    """A run's settings as stored in its checkpoints, less what a resume changes."""
+    if not isinstance(config, dict):
+        return None
+    return {k: v for k, v in config.items() if k not in ("ckpt_path", "paths")}
 
 
 def _require_fitting_checkpoint(model: IQSModule, checkpoint: dict, path: str) -> None:
@@ -339,6 +364,16 @@ def main(cfg: DictConfig) -> float | None:
         _finish_wandb(exit_code=143)
         _write_status(cfg, "interrupted", started)
         raise SystemExit(143) from None
+    except SystemExit as e:
+        if e.code == -1 and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+            # submitit requeued the job (time limit, preemption) and exits: it will resume
+            log.warning("SLURM requeued this job; it will resume from its furthest checkpoint")
+            _finish_wandb(exit_code=143)
+            _write_status(cfg, "interrupted", started, error="requeued by SLURM")
+        else:
+            _finish_wandb(exit_code=1)
+            _write_status(cfg, "failed", started, error=f"SystemExit: {e.code}")
+        raise
     except BaseException as e:
         _finish_wandb(exit_code=1)
         _write_status(cfg, "failed", started, error=f"{type(e).__name__}: {e}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shlex
 import signal
@@ -48,7 +49,8 @@ def _state_dir() -> Path:
 
 def _free_job_id() -> str:
     """A job id whose port under Lightning's rule (15000 + its last four digits) is free."""
-    for offset in range(1000, 10000):
+    start = random.randrange(1000, 10000)  # test sessions running side by side start apart
+    for offset in [*range(start, 10000), *range(1000, start)]:
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", 15000 + offset))

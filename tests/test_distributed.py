@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -152,6 +153,7 @@ def test_ddp_slurm_example_on_two_nodes_resumes_after_a_requeue(tmp_path, data_d
     assert "Calling checkpoint method" in (submitit / f"{submitit.name}_0_log.out").read_text()
     log = (job / "train.log").read_text()
     rank1 = (job / "train_rank1.log").read_text()  # rank 1 logs on its own
+    assert "SLURM requeued this job" in log  # status "interrupted" until it restarts
     assert "resuming from" in log and "resuming from" in rank1
     assert "(procid=1)" in rank1 and "(procid=1)" not in log
 
@@ -162,7 +164,9 @@ def test_ddp_slurm_example_on_two_nodes_resumes_after_a_requeue(tmp_path, data_d
     offline = glob.glob(str(job / "wandb" / "offline-run-*"))
     assert len({run.rsplit("-", 1)[-1] for run in offline}) == 1  # the W&B run resumed
     sessions = [pd.read_csv(p) for p in sorted((job / "csv").glob("metrics*.csv"))]
-    epochs = pd.concat(sessions).dropna(subset=["val/srcc"])
+    # (an epoch whose metrics were logged just before the requeue but whose checkpoint was not
+    # written is run again: its second row counts)
+    epochs = pd.concat(sessions).dropna(subset=["val/srcc"]).drop_duplicates("epoch", keep="last")
     assert len(sessions) == 2 and sorted(epochs["epoch"]) == [0, 1, 2, 3]
     assert '"completed"' in (job / "status.json").read_text()
 
@@ -174,20 +178,36 @@ def test_ddp_slurm_example_on_two_nodes_resumes_after_a_requeue(tmp_path, data_d
             assert single[key] == pytest.approx(logged[key], abs=1e-6), key
 
 
-def test_requeued_checkpoint_is_the_runs_newest_only_after_a_slurm_restart(tmp_path, monkeypatch):
-    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
+def test_requeued_checkpoint_is_this_runs_furthest_only_after_a_slurm_restart(
+    tmp_path, monkeypatch
+):
+    settings = {"seed": 1, "callbacks": {"model_checkpoint": {"dirpath": None}}}
+    cfg = OmegaConf.create({**settings, "ckpt_path": None, "paths": {"output_dir": str(tmp_path)}})
     (tmp_path / "checkpoints").mkdir()
-    for i, name in enumerate(["checkpoints/epoch_000.ckpt", "checkpoints/last.ckpt",
-                              "hpc_ckpt_1.ckpt", "checkpoints/interrupted.ckpt"]):  # fmt: skip
-        (tmp_path / name).write_bytes(b"")
-        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+
+    def save(name: str, step: int, **changed) -> None:
+        config = {**settings, "ckpt_path": "x.ckpt", "paths": {"output_dir": "/elsewhere"},
+                  **changed}  # fmt: skip
+        torch.save({"iqs_config": config, "state_dict": {}, "global_step": step}, tmp_path / name)
+
+    save("checkpoints/epoch_000.ckpt", 3)
+    save("checkpoints/epoch_001.ckpt", 6)
+    save("checkpoints/last.ckpt", 6)
+    save("hpc_ckpt_1.ckpt", 7)  # Lightning's own requeue saves into the run directory
+    save("checkpoints/interrupted.ckpt", 8)
+    save("checkpoints/other.ckpt", 100, seed=2)  # another run's, left in a reused folder
+    (tmp_path / "checkpoints" / "zz.ckpt").write_bytes(b"damaged")
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     assert requeued_checkpoint(cfg) is None  # a first start trains from scratch
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
     assert requeued_checkpoint(cfg) is None
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     assert requeued_checkpoint(cfg) == tmp_path / "checkpoints" / "interrupted.ckpt"
-    os.utime(tmp_path / "hpc_ckpt_1.ckpt", (2000, 2000))  # Lightning's requeue saved it last
+    (tmp_path / "checkpoints" / "interrupted.ckpt").unlink()
     assert requeued_checkpoint(cfg) == tmp_path / "hpc_ckpt_1.ckpt"
+    (tmp_path / "hpc_ckpt_1.ckpt").unlink()
+    # the same step: last.ckpt, whatever the files' times (every process picks the same one)
+    os.utime(tmp_path / "checkpoints" / "epoch_001.ckpt", (9e9, 9e9))
+    assert requeued_checkpoint(cfg) == tmp_path / "checkpoints" / "last.ckpt"
     empty = OmegaConf.create({"paths": {"output_dir": str(tmp_path / "x")}})
     assert requeued_checkpoint(empty) is None

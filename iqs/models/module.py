@@ -273,11 +273,14 @@ def _processes() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def read_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict:
     """The checkpoint's contents, loaded with ``weights_only=True``: plain data only, so a file
-    from an unknown source cannot run code. Errors name the file and what is wrong with it."""
+    from an unknown source cannot run code. Errors name the file and what is wrong with it.
+    ``mmap``: tensors are read from the file only when used (cheap when only metadata is)."""
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except pickle.UnpicklingError as e:
