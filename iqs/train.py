@@ -338,6 +338,12 @@ def _write_status(cfg: DictConfig, status: str, started: float, **extra: object)
     atomic_write_text(path, json.dumps(record, indent=2, default=str))
 
 
+def requeued_by_submitit(exit: SystemExit) -> bool:
+    """True for the exit submitit makes right after requeueing its SLURM job (time limit,
+    preemption): the job will run again and resume (:func:`requeued_checkpoint`)."""
+    return exit.code == -1 and os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
 def _multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -365,8 +371,8 @@ def main(cfg: DictConfig) -> float | None:
         _write_status(cfg, "interrupted", started)
         raise SystemExit(143) from None
     except SystemExit as e:
-        if e.code == -1 and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
-            # submitit requeued the job (time limit, preemption) and exits: it will resume
+        # Best effort: SLURM stops a requeued job's processes, possibly before this runs.
+        if requeued_by_submitit(e):
             log.warning("SLURM requeued this job; it will resume from its furthest checkpoint")
             _finish_wandb(exit_code=143)
             _write_status(cfg, "interrupted", started, error="requeued by SLURM")

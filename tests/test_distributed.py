@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from iqs.data.dataset import EpochSampler
 from iqs.models.module import read_checkpoint
-from iqs.train import CONFIG_DIR, build, requeued_checkpoint
+from iqs.train import CONFIG_DIR, build, requeued_by_submitit, requeued_checkpoint
 from tests import fake_slurm
 from tests.conftest import cli_command, run_cli
 from tests.wandb_files import read_offline_run
@@ -153,7 +153,6 @@ def test_ddp_slurm_example_on_two_nodes_resumes_after_a_requeue(tmp_path, data_d
     assert "Calling checkpoint method" in (submitit / f"{submitit.name}_0_log.out").read_text()
     log = (job / "train.log").read_text()
     rank1 = (job / "train_rank1.log").read_text()  # rank 1 logs on its own
-    assert "SLURM requeued this job" in log  # status "interrupted" until it restarts
     assert "resuming from" in log and "resuming from" in rank1
     assert "(procid=1)" in rank1 and "(procid=1)" not in log
 
@@ -211,3 +210,11 @@ def test_requeued_checkpoint_is_this_runs_furthest_only_after_a_slurm_restart(
     assert requeued_checkpoint(cfg) == tmp_path / "checkpoints" / "last.ckpt"
     empty = OmegaConf.create({"paths": {"output_dir": str(tmp_path / "x")}})
     assert requeued_checkpoint(empty) is None
+
+
+def test_submitits_exit_after_a_requeue_is_told_from_other_exits(monkeypatch):
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert requeued_by_submitit(SystemExit(-1))  # submitit's JobEnvironment._exit
+    assert not requeued_by_submitit(SystemExit(1))
+    monkeypatch.delenv("SUBMITIT_EXECUTOR")
+    assert not requeued_by_submitit(SystemExit(-1))  # not a submitit job
