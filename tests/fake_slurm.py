@@ -84,8 +84,9 @@ def sbatch(args: list[str]) -> int:
     per_node = int(flags.get("ntasks-per-node", 1))
     job_id = _free_job_id()
     indices = _array_indices(flags["array"]) if "array" in flags else []
+    outside = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}  # e.g. CI's
     env = dict(
-        os.environ, SLURM_JOB_NAME=flags.get("job-name", "job"),
+        outside, SLURM_JOB_NAME=flags.get("job-name", "job"),
         SLURM_JOB_NUM_NODES=str(nodes), SLURM_NNODES=str(nodes),
         SLURM_NTASKS=str(nodes * per_node), SLURM_NTASKS_PER_NODE=str(per_node),
         SLURM_JOB_NODELIST="localhost", SLURM_NODELIST="localhost",
