@@ -125,10 +125,15 @@ def summary(dm: IQSDataModule) -> int:
     assert dm.manifest is not None
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(summarize(dm.manifest))
+    return 1 if _reading_problems(dm) else 0
+
+
+def _reading_problems(dm: IQSDataModule) -> int:
+    """How many problems the sources reported while reading (said, with where to see them)."""
     problems = sum(len(s.problems) for s in dm.sources.values())
     if problems:
         print(f"\n{problems} problem(s) while reading; run `iqs-data check` to list them")
-    return 1 if problems else 0
+    return problems
 
 
 def cache(dm: IQSDataModule, workers: int) -> int:
@@ -142,9 +147,7 @@ def cache(dm: IQSDataModule, workers: int) -> int:
     report = dm.image_cache.build(rows, workers=workers)
     print(report)
     # images left out while reading (missing, unreadable rows) were not cached either
-    problems = sum(len(s.problems) for s in dm.sources.values())
-    if problems:
-        print(f"{problems} problem(s) while reading; run `iqs-data check` to list them")
+    problems = _reading_problems(dm)
     return 1 if report.failed or problems else 0
 
 

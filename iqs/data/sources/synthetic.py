@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import zlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,7 +263,7 @@ class SyntheticSource(Source):
         files = self._photo_files()
         # One name per photo (its crops' ids and files): the relative path, suffix included.
         names = [str(p.relative_to(self.photos_dir)).replace(os.sep, "_") for p in files]
-        clash = sorted({n for n in names if names.count(n) > 1})
+        clash = sorted(n for n, count in Counter(names).items() if count > 1)
         if clash:
             both = [str(p) for p, n in zip(files, names) if n in clash]
             raise SourceError(
